@@ -1,0 +1,55 @@
+# persona-lab. `make help` lists the targets. Every target installs into .venv first
+# when it is missing or older than requirements.lock / pyproject.toml.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+METHOD ?= unified_lora
+ARGS ?=
+TRACKING ?= sqlite:///mlruns/mlflow.db
+PORT ?= 5000
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+.PHONY: help setup run test lint format train data base ui bench clean
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## install everything into .venv (torch 2.13.0 CPU wheel, pinned versions)
+
+run: $(STAMP) ## main job: data -> base model -> no_adaptation + unified_lora -> MLflow + table
+	$(PY) -m research.cli run $(ARGS)
+
+test: $(STAMP) lint ## lint, then the test suite (what CI runs)
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff check and format check
+	.venv/bin/ruff check research tests bench
+	.venv/bin/ruff format --check research tests bench
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	.venv/bin/ruff check --fix research tests bench
+	.venv/bin/ruff format research tests bench
+
+data: $(STAMP) ## generate the persona dataset into data/ (ARGS: key=value, e.g. personas=50)
+	$(PY) -m research.cli data generate $(ARGS)
+
+base: $(STAMP) ## pretrain the tiny base model into models/base
+	$(PY) -m research.cli base $(ARGS)
+
+train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora ARGS="train.lr=1e-3"
+	$(PY) -m research.cli train --method $(METHOD) $(ARGS)
+
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT) (one worker)
+	mkdir -p mlruns
+	.venv/bin/mlflow ui --backend-store-uri $(TRACKING) --host 127.0.0.1 --port $(PORT) --workers 1
+
+bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json
+	$(PY) bench/bench.py
+
+clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
+	rm -rf data models mlruns/mlflow.db mlruns/artifacts .pytest_cache

@@ -1,0 +1,164 @@
+"""`research`: the command line of persona-lab. Thin: it parses, loads config and
+calls the same functions the tests call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+EPILOG = """examples:
+  research data generate                      200 personas x 30 dialogues into data/
+  research base                               pretrain the tiny base model into models/base
+  research train --method unified_lora train.lr=1e-3 method_args.r=4
+  research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
+  research run                                the main job (make run)
+"""
+
+
+def _dataclass_overrides(cls, overrides: list[str]):
+    from research.config import build, parse_overrides
+
+    return build(cls, parse_overrides(overrides))
+
+
+def cmd_data_generate(args) -> None:
+    from research.data.generate import SimulatorConfig, generate
+    from research.report import print_headroom
+
+    cfg = _dataclass_overrides(SimulatorConfig, args.overrides)
+    summary = generate(cfg, args.out)
+    print(f"wrote {args.out}/personas ({cfg.personas} personas x {cfg.dialogues} dialogues) and {args.out}/neutral")
+    print_headroom(summary["oracle_headroom"])
+
+
+def cmd_data_validate(args) -> None:
+    from research.data.schema import load_dataset
+
+    personas, dialogues = load_dataset(args.dir)
+    print(f"{args.dir}: valid ({personas.height} personas, {dialogues.height} dialogues)")
+
+
+def cmd_data_import(args) -> None:
+    from research.data.schema import load_dataset, write_dataset
+
+    personas, dialogues = load_dataset(args.src)  # raises before anything is written
+    write_dataset(args.out, personas, dialogues, {"imported_from": str(Path(args.src).resolve())})
+    print(f"imported {personas.height} personas and {dialogues.height} dialogues into {args.out}")
+
+
+def cmd_base(args) -> None:
+    from research.base_model import BaseConfig, pretrain_from_dataset
+
+    stats = pretrain_from_dataset(args.data, args.out, _dataclass_overrides(BaseConfig, args.overrides))
+    print(f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
+          f"final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s")
+
+
+def cmd_train(args) -> None:
+    import yaml
+
+    from research.config import load_config, to_dict
+    from research.report import print_results
+    from research.train import train_and_evaluate
+
+    cfg = load_config(args.config, args.overrides, args.method)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return
+    result = train_and_evaluate(cfg)
+    print_results([result])
+
+
+def cmd_score(args) -> None:
+    from research.metrics import extract, score_turns
+
+    row = score_turns([args.reference], [args.prediction], args.embedder or None).row(0, named=True)
+    ref, pred = extract(args.reference), extract(args.prediction)
+    detail = {
+        "reference": {"devices": sorted(ref.devices), "triples": sorted(ref.triples), "numbers": ref.numbers},
+        "prediction": {"devices": sorted(pred.devices), "triples": sorted(pred.triples), "numbers": pred.numbers},
+    }
+    print(json.dumps({**{k: round(v, 4) for k, v in row.items()}, "extracted": detail}, indent=2))
+
+
+def cmd_run(args) -> None:
+    from research.run import main_job
+
+    main_job(args.overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="research", description="persona-lab: personalization methods as tracked, comparable experiments.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate, validate or import persona datasets").add_subparsers(dest="action", required=True)
+    from research.data.generate import SimulatorConfig
+
+    generate = data.add_parser("generate", help="simulate personas and dialogues (deterministic for a seed)",
+                               description="key=value overrides: " + ", ".join(f.name for f in fields(SimulatorConfig)))
+    generate.add_argument("--out", default="data", help="writes OUT/personas and OUT/neutral (default: data)")
+    generate.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(SimulatorConfig())))
+    generate.set_defaults(func=cmd_data_generate)
+    validate = data.add_parser("validate", help="check a dataset directory (Parquet or JSONL); errors name file, row, field")
+    validate.add_argument("dir")
+    validate.set_defaults(func=cmd_data_validate)
+    imp = data.add_parser("import", help="validate your own data and write it as a Parquet dataset (all or nothing)")
+    imp.add_argument("src", help="directory with personas.{parquet,jsonl} and dialogues.{parquet,jsonl}")
+    imp.add_argument("--out", required=True, help="dataset directory to write")
+    imp.set_defaults(func=cmd_data_import)
+
+    from research.base_model import BaseConfig
+
+    base = sub.add_parser("base", help="pretrain the tiny Qwen2-architecture base model and its tokenizer")
+    base.add_argument("--data", default="data/neutral", help="persona-neutral dataset to pretrain on")
+    base.add_argument("--out", default="models/base", help="Hugging Face directory to write")
+    base.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(BaseConfig())))
+    base.set_defaults(func=cmd_base)
+
+    train = sub.add_parser("train", help="train and evaluate one method, logged to MLflow",
+                           description="Config precedence: defaults < --config YAML < --method < key=value.")
+    train.add_argument("--method", help="registered method name (see `research methods`)")
+    train.add_argument("--config", help="YAML file with any ExperimentConfig keys")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=...")
+    train.set_defaults(func=cmd_train)
+
+    methods = sub.add_parser("methods", help="list registered methods and their settings")
+    methods.set_defaults(func=lambda _: _print_methods())
+
+    score = sub.add_parser("score", help="metrics of one (reference, prediction) pair as JSON")
+    score.add_argument("--reference", required=True)
+    score.add_argument("--prediction", required=True)
+    score.add_argument("--embedder", default="", help="sentence-transformers name or path (default: bundled MiniLM)")
+    score.set_defaults(func=cmd_score)
+
+    run = sub.add_parser("run", help="the main job: data -> base -> no_adaptation + unified_lora -> table")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both methods' configs")
+    run.set_defaults(func=cmd_run)
+
+    args = parser.parse_args(argv)
+    from research.config import ConfigError
+    from research.data.schema import DataError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _print_methods() -> None:
+    from research.modules import METHODS
+
+    for name, module in METHODS.items():
+        print(f"{name}: {asdict(module.config_class())}")
+
+
+if __name__ == "__main__":
+    main()

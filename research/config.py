@@ -1,0 +1,188 @@
+"""Experiment configuration: dataclasses, YAML files and `key=value` overrides.
+
+Precedence: dataclass defaults < YAML file < --method < key=value overrides.
+Keys are dotted (`train.lr=1e-3`, `method_args.r=4`); an unknown key or a bad
+value is an error naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message says what is."""
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/personas"  # a dataset directory (research data generate, or your own)
+    val_fraction: float = 1 / 6  # per persona, time-ordered: 30 dialogues -> 20/5/5
+    test_fraction: float = 1 / 6
+    oracle_preferences: bool = False  # ablation: the persona's preferences in the system turn
+    max_length: int = 256  # tokens per dialogue
+    cache_dir: str = "data/cache"  # tokenized data, reused across runs
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 3
+    lr: float = 5e-4
+    batch_size: int = 8
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
+    monitor: str = "val/loss"  # early stopping and best-weights metric
+    patience: int = 1  # epochs without improvement before stopping
+    limit_train_batches: float = 1.0  # fraction (<=1.0) of training batches per epoch
+
+
+@dataclass
+class EvalConfig:
+    splits: tuple[str, ...] = ("val", "test")
+    batch_size: int = 64
+    max_new_tokens: int = 64
+    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "persona-lab"
+    artifacts: str = "mlruns/artifacts"  # artifact root for experiments this project creates
+
+
+@dataclass
+class ExperimentConfig:
+    method: str = "unified_lora"
+    base_model: str = "models/base"  # a local HF directory or a hub name (e.g. Qwen/Qwen2.5-0.5B-Instruct)
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    method_args: Any = None  # the method's own config dataclass, filled by load_config
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(kind))}")
+        return build(kind, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return origin(value)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls, values: dict, prefix: str = ""):
+    """Instance of dataclass `cls` from `values`, every key and type checked."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {', '.join(names)})")
+    kwargs = {k: _coerce(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    tree[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=1` strings -> nested dict; values are parsed as YAML (1 -> int, true -> bool)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), method: str | None = None) -> ExperimentConfig:
+    from research.modules import METHODS
+
+    values: dict = {}
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    if method:
+        values["method"] = method
+    values = _merge(values, parse_overrides(list(overrides)))
+    name = values.get("method", ExperimentConfig.method)
+    if name not in METHODS:
+        raise ConfigError(f"method: {name!r} is not registered (allowed: {', '.join(sorted(METHODS))})")
+    method_args = values.pop("method_args", None) or {}
+    cfg = build(ExperimentConfig, values)
+    cfg.method_args = build(METHODS[name].config_class, method_args, "method_args")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}, for MLflow params."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,76 @@
+"""`research data generate`: the persona dataset, the neutral pretraining population,
+and the oracle headroom printed and saved in meta.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+
+from research.data.schema import DIALOGUE_SCHEMA, PERSONA_SCHEMA, assign_splits, fingerprint, write_dataset
+from research.data.simulator import NAMES, PET_PHRASES, simulate
+
+
+@dataclass
+class SimulatorConfig:
+    personas: int = 200
+    dialogues: int = 30
+    seed: int = 0
+    neutral_personas: int = 300  # disjoint population for pretraining the base model
+    neutral_dialogues: int = 30
+    val_fraction: float = 1 / 6  # only to score the headroom on the test split
+    test_fraction: float = 1 / 6
+
+
+def _frames(personas, dialogues) -> tuple[pl.DataFrame, pl.DataFrame]:
+    persona_rows = [
+        {"persona_id": p.persona_id, "name": p.name, "description": p.description,
+         "traits": json.dumps(p.traits(), sort_keys=True), "preferences": json.dumps(p.preferences(), sort_keys=True)}
+        for p in personas
+    ]
+    return pl.DataFrame(persona_rows, schema=PERSONA_SCHEMA), pl.DataFrame(dialogues, schema=DIALOGUE_SCHEMA)
+
+
+def vocabulary_lines() -> list[str]:
+    """Every name and pet phrase in a sentence, so the base model has seen them all."""
+    return [f"Of course, {name}. Thanks, {name}!" for name in NAMES] + [f"Sure, {p}. Okay, {p}!" for p in PET_PHRASES]
+
+
+def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, embedder: str = "") -> dict:
+    """Scores on the test split of replying with the persona's true preferences versus the
+    population-average ones (both re-worded, so phrasing noise is in both)."""
+    from research.evaluate import score
+
+    test = dialogues.filter(pl.col("split") == "test")
+    rows = []
+    for row in test.iter_rows(named=True):
+        references = [t["text"] for t in row["turns"] if t["role"] == "assistant"]
+        for turn, reference in enumerate(references):
+            rows.append({
+                "persona_id": row["persona_id"], "reference": reference,
+                "oracle": oracle[row["dialogue_id"]][turn], "average": population[row["dialogue_id"]][turn],
+            })
+    frame = pl.DataFrame(rows)
+    result = {}
+    for name, column in (("true_preferences", "oracle"), ("population_average", "average")):
+        predictions = frame.select("persona_id", "reference", pl.col(column).alias("prediction"))
+        result[name] = score(predictions, embedder)[2]
+    result["headroom"] = {m: result["true_preferences"][m] - result["population_average"][m] for m in result["true_preferences"]}
+    return result
+
+
+def generate(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "") -> dict:
+    out = Path(out)
+    personas, dialogues, oracle, population = simulate(cfg.personas, cfg.dialogues, cfg.seed)
+    persona_df, dialogue_df = _frames(personas, dialogues)
+    ids = dialogue_df["dialogue_id"].to_list()
+    headroom = oracle_headroom(
+        assign_splits(dialogue_df, cfg.val_fraction, cfg.test_fraction),
+        dict(zip(ids, oracle, strict=True)), dict(zip(ids, population, strict=True)), embedder,
+    )
+    write_dataset(out / "personas", persona_df, dialogue_df, {"simulator": asdict(cfg), "oracle_headroom": headroom})
+    neutral = simulate(cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral")
+    write_dataset(out / "neutral", *_frames(*neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"})
+    return {"fingerprint": fingerprint(out / "personas"), "oracle_headroom": headroom}

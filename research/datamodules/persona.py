@@ -1,0 +1,172 @@
+"""PersonaDataModule: the one data pipeline every method shares.
+
+Dialogues are rendered with the tokenizer's chat template (context in the system
+turn), trained with the loss on assistant tokens only, and evaluated turn by turn
+(the dialogue history up to an assistant turn is the prompt). Every batch carries
+the persona index; methods that own an adapter per group pass `group_of` and get
+`group_idx` too. Tokenized data is cached under `cache_dir`, keyed by the dataset,
+the tokenizer and the settings that change tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning.pytorch as L
+import polars as pl
+import torch
+from torch.utils.data import DataLoader
+
+from research.config import DataConfig
+from research.data.schema import assign_splits, fingerprint, load_dataset
+
+CACHE_VERSION = 1  # bump when the encoding below changes
+
+
+def system_text(dialogue: dict, preferences: str | None = None) -> str:
+    text = (
+        f"Context: {dialogue['time_of_day']}, {dialogue['weather']}, "
+        f"{dialogue['temperature_c']:.0f}°C, {dialogue['day_of_week']}."
+    )
+    if preferences is not None:
+        prefs = json.loads(preferences)
+        text += " User preferences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(prefs.items())) + "."
+    return text
+
+
+def conversation(dialogue: dict, system: str) -> list[dict]:
+    return [{"role": "system", "content": system}] + [{"role": t["role"], "content": t["text"]} for t in dialogue["turns"]]
+
+
+def _chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    # transformers 5 returns a BatchEncoding unless asked for plain ids
+    return list(
+        tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+        )
+    )
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
+    """(ids, labels with -100 outside assistant replies, where each assistant prompt ends)."""
+    ids = _chat_ids(tokenizer, messages)
+    labels = [-100] * len(ids)
+    prompt_ends = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _chat_ids(tokenizer, messages[:k], generation_prompt=True)
+        if ids[: len(prompt)] != prompt:
+            raise ValueError(f"{tokenizer.name_or_path}: chat template is not prefix-stable; cannot find assistant turns")
+        end = len(_chat_ids(tokenizer, messages[: k + 1]))
+        reply = ids[len(prompt) : end]
+        # learn the reply and its end-of-turn token, not the template's newline after it
+        stop = len(prompt) + (reply.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in reply else len(reply))
+        labels[len(prompt) : stop] = ids[len(prompt) : stop]
+        prompt_ends.append(len(prompt))
+    return ids, labels, prompt_ends
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(str(tokenizer.chat_template).encode())
+    return digest.hexdigest()[:16]
+
+
+class PersonaDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, tokenizer, batch_size: int = 8, seed: int = 0, group_of: dict[str, int] | None = None):
+        super().__init__()
+        self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
+        self.group_of = group_of
+        self.data_fingerprint = fingerprint(cfg.dir)
+        key = json.dumps(
+            [CACHE_VERSION, self.data_fingerprint, tokenizer_fingerprint(tokenizer),
+             cfg.val_fraction, cfg.test_fraction, cfg.oracle_preferences, cfg.max_length],
+        )
+        self.cache_path = Path(cfg.cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def prepare_data(self) -> None:
+        if self.cache_path.exists():
+            return
+        personas, dialogues = load_dataset(self.cfg.dir)
+        dialogues = assign_splits(dialogues, self.cfg.val_fraction, self.cfg.test_fraction)
+        preferences = dict(zip(personas["persona_id"], personas["preferences"], strict=True))
+        examples: dict[str, list] = {"train": [], "val": [], "test": []}
+        for row in dialogues.iter_rows(named=True):
+            prefs = None
+            if self.cfg.oracle_preferences:
+                prefs = preferences[row["persona_id"]]
+                if prefs is None:
+                    raise ValueError(f"{self.cfg.dir}: persona {row['persona_id']} has no preferences for oracle_preferences")
+            ids, labels, prompt_ends = encode_conversation(self.tokenizer, conversation(row, system_text(row, prefs)))
+            replies = [t["text"] for t in row["turns"] if t["role"] == "assistant"]
+            examples[row["split"]].append({
+                "persona_id": row["persona_id"], "dialogue_id": row["dialogue_id"],
+                "input_ids": ids[: self.cfg.max_length], "labels": labels[: self.cfg.max_length],
+                # left-truncated prompts: the latest history matters most
+                "turns": [(ids[max(0, end - self.cfg.max_length) : end], ref) for end, ref in zip(prompt_ends, replies, strict=True)],
+            })
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.cache_path.with_suffix(".partial")
+        torch.save({"examples": examples, "persona_ids": personas["persona_id"].to_list()}, partial)
+        partial.rename(self.cache_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "examples"):
+            return
+        cached = torch.load(self.cache_path, weights_only=False)
+        self.examples = cached["examples"]
+        self.persona_ids: list[str] = cached["persona_ids"]
+        self.persona_index = {p: i for i, p in enumerate(self.persona_ids)}
+
+    # --- training batches ---------------------------------------------------
+
+    def _collate(self, rows: list[dict]) -> dict:
+        width = max(len(r["input_ids"]) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]),
+            "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]),
+            "persona_idx": torch.tensor([self.persona_index[r["persona_id"]] for r in rows]),
+        }
+        if self.group_of is not None:
+            batch["group_idx"] = torch.tensor([self.group_of[r["persona_id"]] for r in rows])
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.examples["train"], self.batch_size, shuffle=True, generator=generator, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.examples["val"], self.batch_size * 2, collate_fn=self._collate)
+
+    # --- evaluation turns -----------------------------------------------------
+
+    def eval_turns(self, split: str) -> pl.DataFrame:
+        """One row per assistant turn of `split`: persona, dialogue, turn, prompt and reference."""
+        rows = [
+            {"persona_id": ex["persona_id"], "dialogue_id": ex["dialogue_id"], "turn": t, "prompt_ids": prompt, "reference": ref}
+            for ex in self.examples[split]
+            for t, (prompt, ref) in enumerate(ex["turns"])
+        ]
+        return pl.DataFrame(rows, schema_overrides={"prompt_ids": pl.List(pl.Int64)})
+
+    def eval_batches(self, turns: pl.DataFrame, batch_size: int):
+        """Left-padded prompt batches, shortest first (less padding); yields (row indices, batch)."""
+        order = sorted(range(turns.height), key=lambda i: len(turns["prompt_ids"][i]))
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            prompts = [turns["prompt_ids"][i].to_list() for i in index]
+            width = max(map(len, prompts))
+            batch = {
+                "input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
+                "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+                "persona_idx": torch.tensor([self.persona_index[turns["persona_id"][i]] for i in index]),
+            }
+            if self.group_of is not None:
+                batch["group_idx"] = torch.tensor([self.group_of[turns["persona_id"][i]] for i in index])
+            yield index, batch

@@ -1,0 +1,37 @@
+"""Unified LoRA: one adapter trained on every persona's training dialogues.
+
+The study's winner and the baseline every personalization method is compared to.
+Defaults are the study's: r=8, alpha=16, dropout 0.05 on q_proj and v_proj.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model
+
+from research.modules.base import AdaptationModule
+
+
+@dataclass
+class UnifiedLoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM",
+        )
+
+
+class UnifiedLoraModule(AdaptationModule):
+    config_class = UnifiedLoraConfig
+
+    def __init__(self, model, tokenizer, train, args: UnifiedLoraConfig, datamodule=None) -> None:
+        super().__init__(get_peft_model(model, args.peft_config()), tokenizer, train, args)
+
+    def save_adapter(self, directory: Path) -> bool:
+        self.model.save_pretrained(directory)
+        return True

@@ -55,12 +55,16 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -71,10 +75,16 @@ def make_model(cfg: BaseConfig, tokenizer):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        intermediate_size=cfg.intermediate_size, max_position_embeddings=max(512, cfg.max_length),
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=max(512, cfg.max_length),
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
     torch.manual_seed(cfg.seed)
@@ -86,9 +96,7 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
     every word personas use has been seen, or its embedding stays noise."""
     from research.datamodules.persona import encode_conversation
 
-    texts = [
-        "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv) for conv in conversations
-    ]
+    texts = ["".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv) for conv in conversations]
     tokenizer = train_tokenizer(texts + vocabulary, cfg.vocab_size)
     model = make_model(cfg, tokenizer)
     sequences = [encode_conversation(tokenizer, conv)[0][: cfg.max_length] for conv in conversations]

@@ -53,8 +53,10 @@ def cmd_base(args) -> None:
     from research.base_model import BaseConfig, pretrain_from_dataset
 
     stats = pretrain_from_dataset(args.data, args.out, _dataclass_overrides(BaseConfig, args.overrides))
-    print(f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
-          f"final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s")
+    print(
+        f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
+        f"final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
+    )
 
 
 def cmd_train(args) -> None:
@@ -92,20 +94,29 @@ def cmd_run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="research", description="persona-lab: personalization methods as tracked, comparable experiments.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="research",
+        description="persona-lab: personalization methods as tracked, comparable experiments.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="generate, validate or import persona datasets").add_subparsers(dest="action", required=True)
+    data = sub.add_parser("data", help="generate, validate or import persona datasets").add_subparsers(
+        dest="action", required=True
+    )
     from research.data.generate import SimulatorConfig
 
-    generate = data.add_parser("generate", help="simulate personas and dialogues (deterministic for a seed)",
-                               description="key=value overrides: " + ", ".join(f.name for f in fields(SimulatorConfig)))
+    generate = data.add_parser(
+        "generate",
+        help="simulate personas and dialogues (deterministic for a seed)",
+        description="key=value overrides: " + ", ".join(f.name for f in fields(SimulatorConfig)),
+    )
     generate.add_argument("--out", default="data", help="writes OUT/personas and OUT/neutral (default: data)")
     generate.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(SimulatorConfig())))
     generate.set_defaults(func=cmd_data_generate)
-    validate = data.add_parser("validate", help="check a dataset directory (Parquet or JSONL); errors name file, row, field")
+    validate = data.add_parser(
+        "validate", help="check a dataset directory (Parquet or JSONL); errors name file, row, field"
+    )
     validate.add_argument("dir")
     validate.set_defaults(func=cmd_data_validate)
     imp = data.add_parser("import", help="validate your own data and write it as a Parquet dataset (all or nothing)")
@@ -121,12 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     base.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(BaseConfig())))
     base.set_defaults(func=cmd_base)
 
-    train = sub.add_parser("train", help="train and evaluate one method, logged to MLflow",
-                           description="Config precedence: defaults < --config YAML < --method < key=value.")
+    train = sub.add_parser(
+        "train",
+        help="train and evaluate one method, logged to MLflow",
+        description="Config precedence: defaults < --config YAML < --method < key=value.",
+    )
     train.add_argument("--method", help="registered method name (see `research methods`)")
     train.add_argument("--config", help="YAML file with any ExperimentConfig keys")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=...")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=..."
+    )
     train.set_defaults(func=cmd_train)
 
     methods = sub.add_parser("methods", help="list registered methods and their settings")

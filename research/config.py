@@ -149,7 +149,9 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), method: str | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), method: str | None = None
+) -> ExperimentConfig:
     from research.modules import METHODS
 
     values: dict = {}

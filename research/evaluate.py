@@ -29,7 +29,9 @@ def generate_split(module, datamodule, split: str, cfg: EvalConfig, precision: s
         for index, batch in datamodule.eval_batches(turns, cfg.batch_size):
             batch = {k: v.to(module.device) for k, v in batch.items()}
             new_tokens = module.generate(batch, cfg.max_new_tokens)
-            for i, text in zip(index, datamodule.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            for i, text in zip(
+                index, datamodule.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
+            ):
                 predictions[i] = text.strip()
             bar.update(len(index))
     return turns.drop("prompt_ids").with_columns(prediction=pl.Series(predictions, dtype=pl.String))

@@ -20,47 +20,119 @@ import numpy as np
 import polars as pl
 
 METRICS = (
-    "embedding_similarity", "device_precision", "device_recall",
-    "param_precision", "param_recall", "param_f1", "numerical_precision",
+    "embedding_similarity",
+    "device_precision",
+    "device_recall",
+    "param_precision",
+    "param_recall",
+    "param_f1",
+    "numerical_precision",
 )
 
 # multi-word phrases first, folded to one token so the scan below sees one word
 PHRASES = {
-    "air conditioner": "ac", "air conditioning": "ac", "a/c": "ac", "sound system": "speaker",
-    "front door": "door", "lo-fi": "lofi", "lo fi": "lofi", "warm white": "warm", "cool white": "neutral",
-    "°c": " degrees", "°": " degrees", "%": " percent", "per cent": "percent",
+    "air conditioner": "ac",
+    "air conditioning": "ac",
+    "a/c": "ac",
+    "sound system": "speaker",
+    "front door": "door",
+    "lo-fi": "lofi",
+    "lo fi": "lofi",
+    "warm white": "warm",
+    "cool white": "neutral",
+    "°c": " degrees",
+    "°": " degrees",
+    "%": " percent",
+    "per cent": "percent",
 }
 DEVICE_WORDS = {
-    "lights": "lights", "light": "lights", "lamp": "lights", "lamps": "lights", "lighting": "lights",
-    "bulb": "lights", "bulbs": "lights", "brightness": "lights",
-    "ac": "ac", "aircon": "ac", "thermostat": "ac", "heating": "ac", "heater": "ac", "climate": "ac",
+    "lights": "lights",
+    "light": "lights",
+    "lamp": "lights",
+    "lamps": "lights",
+    "lighting": "lights",
+    "bulb": "lights",
+    "bulbs": "lights",
+    "brightness": "lights",
+    "ac": "ac",
+    "aircon": "ac",
+    "thermostat": "ac",
+    "heating": "ac",
+    "heater": "ac",
+    "climate": "ac",
     "temperature": "ac",
-    "speaker": "speaker", "speakers": "speaker", "music": "speaker", "playlist": "speaker",
-    "song": "speaker", "songs": "speaker", "tunes": "speaker", "stereo": "speaker",
-    "tv": "tv", "television": "tv", "telly": "tv",
-    "lock": "lock", "locks": "lock", "door": "lock", "doors": "lock", "deadbolt": "lock",
+    "speaker": "speaker",
+    "speakers": "speaker",
+    "music": "speaker",
+    "playlist": "speaker",
+    "song": "speaker",
+    "songs": "speaker",
+    "tunes": "speaker",
+    "stereo": "speaker",
+    "tv": "tv",
+    "television": "tv",
+    "telly": "tv",
+    "lock": "lock",
+    "locks": "lock",
+    "door": "lock",
+    "doors": "lock",
+    "deadbolt": "lock",
 }
 # word -> (parameter, value); a parameter belongs to one device except volume
 CATEGORY_WORDS = {
-    "warm": ("color", "warm"), "neutral": ("color", "neutral"), "white": ("color", "neutral"),
+    "warm": ("color", "warm"),
+    "neutral": ("color", "neutral"),
+    "white": ("color", "neutral"),
     "daylight": ("color", "daylight"),
-    "heat": ("mode", "heat"), "cool": ("mode", "cool"), "cooling": ("mode", "cool"), "eco": ("mode", "eco"),
-    "jazz": ("genre", "jazz"), "classical": ("genre", "classical"), "rock": ("genre", "rock"),
-    "pop": ("genre", "pop"), "lofi": ("genre", "lofi"),
-    "locked": ("state", "locked"), "locking": ("state", "locked"),
-    "unlocked": ("state", "unlocked"), "unlock": ("state", "unlocked"), "unlocking": ("state", "unlocked"),
+    "heat": ("mode", "heat"),
+    "cool": ("mode", "cool"),
+    "cooling": ("mode", "cool"),
+    "eco": ("mode", "eco"),
+    "jazz": ("genre", "jazz"),
+    "classical": ("genre", "classical"),
+    "rock": ("genre", "rock"),
+    "pop": ("genre", "pop"),
+    "lofi": ("genre", "lofi"),
+    "locked": ("state", "locked"),
+    "locking": ("state", "locked"),
+    "unlocked": ("state", "unlocked"),
+    "unlock": ("state", "unlocked"),
+    "unlocking": ("state", "unlocked"),
 }
 LEVEL_WORDS = {"max": 100, "maximum": 100, "full": 100, "half": 50, "off": 0}
 UNITS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
 }
 TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 PARAMETER_DEVICES = {
-    "brightness": ("lights",), "color": ("lights",), "temperature": ("ac",), "mode": ("ac",),
-    "volume": ("speaker", "tv"), "genre": ("speaker",), "state": ("lock",),
+    "brightness": ("lights",),
+    "color": ("lights",),
+    "temperature": ("ac",),
+    "mode": ("ac",),
+    "volume": ("speaker", "tv"),
+    "genre": ("speaker",),
+    "state": ("lock",),
 }
+CLAUSE_BOUNDARIES = {"and", ",", ".", ";", "!", "?", "then", "while"}
 NUMERIC_BY_DEVICE = {"lights": "brightness", "ac": "temperature", "speaker": "volume", "tv": "volume"}
 
 
@@ -75,7 +147,7 @@ def _tokens(text: str) -> list[str]:
     text = text.lower()
     for phrase, token in PHRASES.items():
         text = text.replace(phrase, f" {token} ")
-    words = re.findall(r"\d+(?:\.\d+)?|[a-z]+", text.replace("-", " "))
+    words = re.findall(r"\d+(?:\.\d+)?|[a-z]+|[,.;!?]", text.replace("-", " "))
     merged: list[str | int] = []  # number words folded into one number: "twenty two" -> 22
     for word in words:
         value = UNITS.get(word, TENS.get(word))
@@ -113,9 +185,15 @@ def extract(text: str) -> Extraction:
             numbers.append(0)
             values.append((i, "brightness", "0"))
 
+    boundaries = [i for i, t in enumerate(tokens) if t in CLAUSE_BOUNDARIES]
+
     def nearest(position: int, devices) -> str | None:
-        # prefer the device named just before a value ("lights to 50%") over one after it
-        scored = [(abs(p - position) + (0.5 if p > position else 0), d) for p, d in mentions if d in devices]
+        # the device named in the same clause, just before the value ("the TV at 20 and lights to 10%")
+        def cost(p: int) -> float:
+            crossed = sum(min(p, position) < b < max(p, position) for b in boundaries)
+            return abs(p - position) + (0.5 if p > position else 0) + 5 * crossed
+
+        scored = [(cost(p), d) for p, d in mentions if d in devices]
         return min(scored)[1] if scored else None
 
     triples = set()

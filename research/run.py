@@ -12,27 +12,31 @@ from research.config import load_config
 MAIN_METHODS = ("no_adaptation", "unified_lora")
 
 
-def main_job(overrides: list[str] = ()) -> list:
-    from research.report import print_results
-
-    configs = [load_config(None, overrides, method) for method in MAIN_METHODS]
-    data_dir, base_dir = Path(configs[0].data.dir), Path(configs[0].base_model)
+def ensure_data_and_base(cfg) -> None:
+    """Generate the dataset and pretrain the base model when they are missing."""
+    data_dir, base_dir = Path(cfg.data.dir), Path(cfg.base_model)
     if not (data_dir / "meta.json").exists():
         from research.data.generate import SimulatorConfig, generate
 
-        print(f"[1/3] generating the persona dataset into {data_dir.parent}")
+        print(f"generating the persona dataset into {data_dir.parent}")
         generate(SimulatorConfig(), data_dir.parent)
     if not (base_dir / "config.json").exists():
         from research.base_model import BaseConfig, pretrain_from_dataset
 
-        print(f"[2/3] pretraining the base model into {base_dir}")
+        print(f"pretraining the base model into {base_dir}")
         pretrain_from_dataset(data_dir.parent / "neutral", base_dir, BaseConfig())
+
+
+def main_job(overrides: list[str] = ()) -> list:
+    from research.report import print_results
     from research.train import train_and_evaluate
 
+    configs = [load_config(None, overrides, method) for method in MAIN_METHODS]
+    ensure_data_and_base(configs[0])
     results = []
     for cfg in configs:
-        print(f"[3/3] {cfg.method}: train and evaluate")
+        print(f"{cfg.method}: train and evaluate")
         results.append(train_and_evaluate(cfg))
-    meta = json.loads((data_dir / "meta.json").read_text())
+    meta = json.loads((Path(configs[0].data.dir) / "meta.json").read_text())
     print_results(results, "test", meta.get("oracle_headroom"))
     return results

@@ -1,10 +1,10 @@
 """Train and evaluate one method: the recipe behind `research train` and `make train`.
 
-    setup     load the base model, build the shared PersonaDataModule and the method's module
-    fit       Lightning, early stopping on `train.monitor`, best weights restored at the end
-    evaluate  greedy generation on each eval split; metrics per turn, per persona, overall
-    log       one MLflow run: config, metrics, curves, per_persona.parquet, predictions.parquet,
-              config.yaml and the adapter in PEFT format
+setup     load the base model, build the shared PersonaDataModule and the method's module
+fit       Lightning, early stopping on `train.monitor`, best weights restored at the end
+evaluate  greedy generation on each eval split; metrics per turn, per persona, overall
+log       one MLflow run: config, metrics, curves, per_persona.parquet, predictions.parquet,
+          config.yaml and the adapter in PEFT format
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import mlflow
 import polars as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from research.base_model import base_fingerprint, load_base
 from research.config import ExperimentConfig, flatten, to_dict
@@ -53,15 +53,29 @@ class RestoreBestWeights(Callback):
             module.load_state_dict(self.best_state, strict=False)
 
 
-def fit(module, datamodule, cfg: ExperimentConfig, run_id: str) -> None:
-    trainer = L.Trainer(
-        max_epochs=cfg.train.max_epochs, precision=cfg.train.precision,
-        limit_train_batches=cfg.train.limit_train_batches, num_sanity_val_steps=0,
-        logger=RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id),
-        callbacks=[EarlyStopping(cfg.train.monitor, patience=cfg.train.patience), RestoreBestWeights(cfg.train.monitor)],
-        enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=10,
+def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
+    """The Trainer every method fits with (benchmarks use it too, so they measure this)."""
+    settings = dict(
+        max_epochs=cfg.train.max_epochs,
+        precision=cfg.train.precision,
+        limit_train_batches=cfg.train.limit_train_batches,
+        num_sanity_val_steps=0,
+        logger=logger or False,
+        callbacks=[
+            EarlyStopping(cfg.train.monitor, patience=cfg.train.patience),
+            RestoreBestWeights(cfg.train.monitor),
+            TQDMProgressBar(refresh_rate=10),  # tqdm like every other bar here; rich draws nothing in logs
+        ],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
     )
-    trainer.fit(module, datamodule=datamodule)
+    return L.Trainer(**(settings | overrides))
+
+
+def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None) -> None:
+    logger = run_id and RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id)
+    make_trainer(cfg, logger).fit(module, datamodule=datamodule)
 
 
 def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
@@ -71,8 +85,10 @@ def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
     datamodule.prepare_data()
     datamodule.setup()
     tags = {
-        "method": cfg.method, "dataset": datamodule.data_fingerprint,
-        "base_model": cfg.base_model, "base_fingerprint": base_fingerprint(cfg.base_model),
+        "method": cfg.method,
+        "dataset": datamodule.data_fingerprint,
+        "base_model": cfg.base_model,
+        "base_fingerprint": base_fingerprint(cfg.base_model),
     }
     with tracked_run(cfg.tracking, cfg.method, tags, flatten(to_dict(cfg))) as run:
         module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, datamodule)

@@ -26,8 +26,13 @@ class SimulatorConfig:
 
 def _frames(personas, dialogues) -> tuple[pl.DataFrame, pl.DataFrame]:
     persona_rows = [
-        {"persona_id": p.persona_id, "name": p.name, "description": p.description,
-         "traits": json.dumps(p.traits(), sort_keys=True), "preferences": json.dumps(p.preferences(), sort_keys=True)}
+        {
+            "persona_id": p.persona_id,
+            "name": p.name,
+            "description": p.description,
+            "traits": json.dumps(p.traits(), sort_keys=True),
+            "preferences": json.dumps(p.preferences(), sort_keys=True),
+        }
         for p in personas
     ]
     return pl.DataFrame(persona_rows, schema=PERSONA_SCHEMA), pl.DataFrame(dialogues, schema=DIALOGUE_SCHEMA)
@@ -48,16 +53,22 @@ def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, emb
     for row in test.iter_rows(named=True):
         references = [t["text"] for t in row["turns"] if t["role"] == "assistant"]
         for turn, reference in enumerate(references):
-            rows.append({
-                "persona_id": row["persona_id"], "reference": reference,
-                "oracle": oracle[row["dialogue_id"]][turn], "average": population[row["dialogue_id"]][turn],
-            })
+            rows.append(
+                {
+                    "persona_id": row["persona_id"],
+                    "reference": reference,
+                    "oracle": oracle[row["dialogue_id"]][turn],
+                    "average": population[row["dialogue_id"]][turn],
+                }
+            )
     frame = pl.DataFrame(rows)
     result = {}
     for name, column in (("true_preferences", "oracle"), ("population_average", "average")):
         predictions = frame.select("persona_id", "reference", pl.col(column).alias("prediction"))
         result[name] = score(predictions, embedder)[2]
-    result["headroom"] = {m: result["true_preferences"][m] - result["population_average"][m] for m in result["true_preferences"]}
+    result["headroom"] = {
+        m: result["true_preferences"][m] - result["population_average"][m] for m in result["true_preferences"]
+    }
     return result
 
 
@@ -68,7 +79,9 @@ def generate(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "")
     ids = dialogue_df["dialogue_id"].to_list()
     headroom = oracle_headroom(
         assign_splits(dialogue_df, cfg.val_fraction, cfg.test_fraction),
-        dict(zip(ids, oracle, strict=True)), dict(zip(ids, population, strict=True)), embedder,
+        dict(zip(ids, oracle, strict=True)),
+        dict(zip(ids, population, strict=True)),
+        embedder,
     )
     write_dataset(out / "personas", persona_df, dialogue_df, {"simulator": asdict(cfg), "oracle_headroom": headroom})
     neutral = simulate(cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral")

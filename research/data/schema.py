@@ -21,13 +21,21 @@ from research.data.domain import DAYS_OF_WEEK, DEVICES, NUMERIC_PARAMETERS, TIME
 ACTION = pl.Struct({"device": pl.String, "parameter": pl.String, "value": pl.String})
 TURN = pl.Struct({"role": pl.String, "text": pl.String, "devices": pl.List(pl.String), "actions": pl.List(ACTION)})
 PERSONA_SCHEMA = {
-    "persona_id": pl.String, "name": pl.String, "description": pl.String,
-    "traits": pl.String, "preferences": pl.String,  # JSON objects: free-form per dataset
+    "persona_id": pl.String,
+    "name": pl.String,
+    "description": pl.String,
+    "traits": pl.String,
+    "preferences": pl.String,  # JSON objects: free-form per dataset
 }
 DIALOGUE_SCHEMA = {
-    "dialogue_id": pl.String, "persona_id": pl.String, "timestamp": pl.Datetime("us"),
-    "time_of_day": pl.String, "weather": pl.String, "temperature_c": pl.Float64,
-    "day_of_week": pl.String, "turns": pl.List(TURN),
+    "dialogue_id": pl.String,
+    "persona_id": pl.String,
+    "timestamp": pl.Datetime("us"),
+    "time_of_day": pl.String,
+    "weather": pl.String,
+    "temperature_c": pl.Float64,
+    "day_of_week": pl.String,
+    "turns": pl.List(TURN),
 }
 MAX_REPORTED_ERRORS = 20
 
@@ -97,7 +105,9 @@ def _check_turns(turns, errors: list[str]) -> None:
             errors.append(f"{where}: must be an object")
             continue
         if turn.get("role") != expected:
-            errors.append(f"{where}.role: expected {expected!r} (turns alternate, user first), got {turn.get('role')!r}")
+            errors.append(
+                f"{where}.role: expected {expected!r} (turns alternate, user first), got {turn.get('role')!r}"
+            )
         if not isinstance(turn.get("text"), str) or not turn["text"].strip():
             errors.append(f"{where}.text: must be a non-empty string")
         for d, device in enumerate(turn.get("devices") or []):
@@ -106,7 +116,9 @@ def _check_turns(turns, errors: list[str]) -> None:
         for a, action in enumerate(turn.get("actions") or []):
             device, parameter = action.get("device"), action.get("parameter")
             if device not in DEVICES:
-                errors.append(f"{where}.actions[{a}].device: {device!r} is not a device (allowed: {', '.join(DEVICES)})")
+                errors.append(
+                    f"{where}.actions[{a}].device: {device!r} is not a device (allowed: {', '.join(DEVICES)})"
+                )
             elif parameter not in DEVICES[device]:
                 errors.append(
                     f"{where}.actions[{a}].parameter: {parameter!r} is not a parameter of {device} "
@@ -219,8 +231,10 @@ def assign_splits(dialogues: pl.DataFrame, val_fraction: float, test_fraction: f
     n_test = (count * test_fraction).round().cast(pl.Int64)
     n_val = (count * val_fraction).round().cast(pl.Int64)
     split = (
-        pl.when(position >= count - n_test).then(pl.lit("test"))
-        .when(position >= count - n_test - n_val).then(pl.lit("val"))
+        pl.when(position >= count - n_test)
+        .then(pl.lit("test"))
+        .when(position >= count - n_test - n_val)
+        .then(pl.lit("val"))
         .otherwise(pl.lit("train"))
     )
     return ordered.with_columns(split=split)

@@ -24,36 +24,71 @@ NAMES = (
 
 ARCHETYPES = {
     "cozy_homebody": dict(
-        brightness=40, color="warm", temperature=23, speaker_volume=25, tv_volume=20,
-        genre="jazz", verbosity=0.7, formality=0.4, enthusiasm=0.5,
+        brightness=40,
+        color="warm",
+        temperature=23,
+        speaker_volume=25,
+        tv_volume=20,
+        genre="jazz",
+        verbosity=0.7,
+        formality=0.4,
+        enthusiasm=0.5,
         adjectives=("gentle", "warm-hearted", "easygoing"),
         occupations=("baker", "florist", "children's author"),
         hobbies=("loves knitting by the window", "bakes bread every weekend"),
     ),
     "energetic_athlete": dict(
-        brightness=90, color="daylight", temperature=19, speaker_volume=70, tv_volume=35,
-        genre="pop", verbosity=0.4, formality=0.2, enthusiasm=0.9,
+        brightness=90,
+        color="daylight",
+        temperature=19,
+        speaker_volume=70,
+        tv_volume=35,
+        genre="pop",
+        verbosity=0.4,
+        formality=0.2,
+        enthusiasm=0.9,
         adjectives=("lively", "upbeat", "sporty"),
         occupations=("yoga instructor", "personal trainer", "cycling coach"),
         hobbies=("runs every morning before sunrise", "is always training for a marathon"),
     ),
     "quiet_scholar": dict(
-        brightness=60, color="neutral", temperature=21, speaker_volume=15, tv_volume=15,
-        genre="classical", verbosity=0.3, formality=0.9, enthusiasm=0.2,
+        brightness=60,
+        color="neutral",
+        temperature=21,
+        speaker_volume=15,
+        tv_volume=15,
+        genre="classical",
+        verbosity=0.3,
+        formality=0.9,
+        enthusiasm=0.2,
         adjectives=("reserved", "thoughtful", "soft-spoken"),
         occupations=("librarian", "historian", "translator"),
         hobbies=("reads mystery novels late into the night", "collects old maps"),
     ),
     "busy_professional": dict(
-        brightness=80, color="neutral", temperature=22, speaker_volume=40, tv_volume=30,
-        genre="lofi", verbosity=0.1, formality=0.6, enthusiasm=0.3,
+        brightness=80,
+        color="neutral",
+        temperature=22,
+        speaker_volume=40,
+        tv_volume=30,
+        genre="lofi",
+        verbosity=0.1,
+        formality=0.6,
+        enthusiasm=0.3,
         adjectives=("pragmatic", "efficient", "no-nonsense"),
         occupations=("engineer", "lawyer", "project manager"),
         hobbies=("works long hours", "plans every minute of the week"),
     ),
     "night_owl_creative": dict(
-        brightness=30, color="warm", temperature=20, speaker_volume=55, tv_volume=40,
-        genre="rock", verbosity=0.6, formality=0.1, enthusiasm=0.7,
+        brightness=30,
+        color="warm",
+        temperature=20,
+        speaker_volume=55,
+        tv_volume=40,
+        genre="rock",
+        verbosity=0.6,
+        formality=0.1,
+        enthusiasm=0.7,
         adjectives=("playful", "dreamy", "spontaneous"),
         occupations=("musician", "illustrator", "game designer"),
         hobbies=("paints until dawn", "plays guitar in a garage band"),
@@ -62,8 +97,16 @@ ARCHETYPES = {
 ARCHETYPE_WEIGHTS = (0.25, 0.2, 0.2, 0.2, 0.15)
 
 PET_PHRASES = (
-    "if you would be so kind", "no rush", "cheers", "awesome", "thanks a bunch",
-    "pretty please", "right away", "you're a star", "much obliged", "let's go",
+    "if you would be so kind",
+    "no rush",
+    "cheers",
+    "awesome",
+    "thanks a bunch",
+    "pretty please",
+    "right away",
+    "you're a star",
+    "much obliged",
+    "let's go",
 )
 STYLE_SENTENCES = {
     "terse": "speaks in short, clipped sentences.",
@@ -98,8 +141,14 @@ class Persona:
 
     def preferences(self) -> dict:
         keys = (
-            "brightness", "color", "temperature", "speaker_volume", "tv_volume",
-            "genre", "evening_dim", "cold_boost",
+            "brightness",
+            "color",
+            "temperature",
+            "speaker_volume",
+            "tv_volume",
+            "genre",
+            "evening_dim",
+            "cold_boost",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -141,9 +190,13 @@ def make_persona(rng: random.Random, persona_id: str, archetype: str | None = No
         # words from any archetype; every preference uniform, so no population taste is learned
         a = dict(ARCHETYPES[rng.choice(list(ARCHETYPES))])
         a.update(
-            brightness=rng.randint(1, 10) * 10, temperature=rng.randint(18, 25),
-            speaker_volume=rng.randint(2, 16) * 5, tv_volume=rng.randint(2, 10) * 5,
-            verbosity=rng.random(), formality=rng.random(), enthusiasm=rng.random(),
+            brightness=rng.randint(1, 10) * 10,
+            temperature=rng.randint(18, 25),
+            speaker_volume=rng.randint(2, 16) * 5,
+            tv_volume=rng.randint(2, 10) * 5,
+            verbosity=rng.random(),
+            formality=rng.random(),
+            enthusiasm=rng.random(),
         )
         p_keep = 0.0
     else:
@@ -154,16 +207,25 @@ def make_persona(rng: random.Random, persona_id: str, archetype: str | None = No
     enthusiasm = min(1.0, max(0.0, a["enthusiasm"] + rng.gauss(0, 0.15)))
     # The description reflects the archetype only in part (noisy words), as in the study.
     adjective = _pick(rng, rng.choice(a["adjectives"]), [w for v in ARCHETYPES.values() for w in v["adjectives"]], 0.6)
-    occupation = _pick(rng, rng.choice(a["occupations"]), [w for v in ARCHETYPES.values() for w in v["occupations"]], 0.6)
+    occupation = _pick(
+        rng, rng.choice(a["occupations"]), [w for v in ARCHETYPES.values() for w in v["occupations"]], 0.6
+    )
     hobby = _pick(rng, rng.choice(a["hobbies"]), [w for v in ARCHETYPES.values() for w in v["hobbies"]], 0.5)
-    style = "terse" if verbosity < 0.35 else "chatty" if verbosity > 0.65 else ("formal" if formality > 0.5 else "casual")
+    style = (
+        "terse" if verbosity < 0.35 else "chatty" if verbosity > 0.65 else ("formal" if formality > 0.5 else "casual")
+    )
     if rng.random() < 0.3:
         style = rng.choice(list(STYLE_SENTENCES))
     article = "an" if adjective[0] in "aeiou" else "a"
     description = f"{name} is {article} {adjective} {occupation} who {hobby}. {name} {STYLE_SENTENCES[style]}"
     return Persona(
-        persona_id=persona_id, name=name, description=description, archetype=archetype,
-        verbosity=round(verbosity, 3), formality=round(formality, 3), enthusiasm=round(enthusiasm, 3),
+        persona_id=persona_id,
+        name=name,
+        description=description,
+        archetype=archetype,
+        verbosity=round(verbosity, 3),
+        formality=round(formality, 3),
+        enthusiasm=round(enthusiasm, 3),
         pet_phrase=rng.choice(PET_PHRASES),
         brightness=_clip(a["brightness"] + rng.gauss(0, 12), 10, 100, 10),
         color=_pick(rng, a["color"], DEVICES["lights"]["color"], p_keep),
@@ -187,13 +249,21 @@ def average_persona(personas: list[Persona]) -> Persona:
         return max(sorted(set(values)), key=values.count)
 
     return replace(
-        personas[0], persona_id="average", name="", archetype="average",
+        personas[0],
+        persona_id="average",
+        name="",
+        archetype="average",
         verbosity=sum(p.verbosity for p in personas) / len(personas),
         formality=sum(p.formality for p in personas) / len(personas),
         enthusiasm=sum(p.enthusiasm for p in personas) / len(personas),
-        brightness=mean("brightness", 10), color=mode("color"), temperature=mean("temperature"),
-        speaker_volume=mean("speaker_volume", 5), tv_volume=mean("tv_volume", 5), genre=mode("genre"),
-        evening_dim=mean("evening_dim", 10), cold_boost=mean("cold_boost"),
+        brightness=mean("brightness", 10),
+        color=mode("color"),
+        temperature=mean("temperature"),
+        speaker_volume=mean("speaker_volume", 5),
+        tv_volume=mean("tv_volume", 5),
+        genre=mode("genre"),
+        evening_dim=mean("evening_dim", 10),
+        cold_boost=mean("cold_boost"),
     )
 
 
@@ -203,9 +273,19 @@ INTENTS = ("lights_on", "lights_set", "climate", "music", "tv", "movie", "goodni
 INTENT_WEIGHTS = (0.2, 0.1, 0.15, 0.12, 0.1, 0.08, 0.08, 0.07, 0.1)
 
 USER_TEXT = {
-    "lights_on": ("Could you turn on the lights?", "lights on", "Can you get the lights?", "It's quite dim in here, turn on the lamp."),
+    "lights_on": (
+        "Could you turn on the lights?",
+        "lights on",
+        "Can you get the lights?",
+        "It's quite dim in here, turn on the lamp.",
+    ),
     "lights_set": ("Set the lights to {value} percent.", "lights at {value}%", "Could you dim the lights to {value}%?"),
-    "climate": ("It's a bit {feel} in here.", "Turn on the AC.", "Can you fix the temperature? I'm {feel}.", "thermostat please"),
+    "climate": (
+        "It's a bit {feel} in here.",
+        "Turn on the AC.",
+        "Can you fix the temperature? I'm {feel}.",
+        "thermostat please",
+    ),
     "music": ("Play some music.", "Put on some tunes.", "Could you start the music?"),
     "tv": ("Turn on the TV.", "tv on", "Could you switch on the television?"),
     "movie": ("Set up movie mode.", "movie time", "Get the room ready for a film."),
@@ -214,12 +294,20 @@ USER_TEXT = {
     "cozy": ("Make it cozy in here.", "I want the place cozy.", "cozy mode"),
 }
 FOLLOW_UP_PARAMETER = {
-    "brighter": "brightness", "dimmer": "brightness", "warmer": "temperature", "louder": "volume", "quieter": "volume",
+    "brighter": "brightness",
+    "dimmer": "brightness",
+    "warmer": "temperature",
+    "louder": "volume",
+    "quieter": "volume",
 }
 FOLLOW_UP_STEP = {"brighter": 20, "dimmer": -20, "warmer": 1, "louder": 10, "quieter": -10}
 FOLLOW_UP_TEXT = {
-    "brighter": "A bit brighter, please.", "dimmer": "Too bright, dim it.", "warmer": "Make it a little warmer.",
-    "louder": "Turn it up.", "quieter": "Turn it down a bit.", "thanks": "Thanks!",
+    "brighter": "A bit brighter, please.",
+    "dimmer": "Too bright, dim it.",
+    "warmer": "Make it a little warmer.",
+    "louder": "Turn it up.",
+    "quieter": "Turn it down a bit.",
+    "thanks": "Thanks!",
 }
 
 
@@ -262,8 +350,10 @@ def plan_actions(intent: str, persona: Persona, ctx: Context, slots: dict) -> li
         return [("lock", "state", "locked")]
     if intent == "cozy":
         return [
-            ("lights", "brightness", str(max(10, brightness - 20))), ("lights", "color", "warm"),
-            ("ac", "mode", "heat"), ("ac", "temperature", str(temperature + 1)),
+            ("lights", "brightness", str(max(10, brightness - 20))),
+            ("lights", "color", "warm"),
+            ("ac", "mode", "heat"),
+            ("ac", "temperature", str(temperature + 1)),
         ]
     raise ValueError(f"unknown intent {intent!r}")
 
@@ -352,11 +442,14 @@ def make_dialogue(rng: random.Random, persona: Persona, dialogue_id: str, when: 
             previous[who] = actions
             text = render_reply(alt_rng, alt, actions)
             if who is None:
-                turns.append({
-                    "role": "assistant", "text": text,
-                    "devices": sorted({a[0] for a in actions}),
-                    "actions": [dict(device=d, parameter=p, value=v) for d, p, v in actions],
-                })
+                turns.append(
+                    {
+                        "role": "assistant",
+                        "text": text,
+                        "devices": sorted({a[0] for a in actions}),
+                        "actions": [dict(device=d, parameter=p, value=v) for d, p, v in actions],
+                    }
+                )
             else:
                 rewordings[who].append(text)
     row = dict(dialogue_id=dialogue_id, persona_id=persona.persona_id, timestamp=when, **asdict(ctx), turns=turns)
@@ -376,7 +469,9 @@ def simulate(n_personas: int, n_dialogues: int, seed: int, archetype: str | None
         for j in range(n_dialogues):
             when += timedelta(hours=rng.randint(6, 60))
             alternates = [(persona, random.Random(rng.random())), (average, random.Random(rng.random()))]
-            row, (true_words, average_words) = make_dialogue(rng, persona, f"{persona.persona_id}_d{j:02d}", when, alternates)
+            row, (true_words, average_words) = make_dialogue(
+                rng, persona, f"{persona.persona_id}_d{j:02d}", when, alternates
+            )
             dialogues.append(row)
             oracle.append(true_words)
             population.append(average_words)

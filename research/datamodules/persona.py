@@ -37,7 +37,9 @@ def system_text(dialogue: dict, preferences: str | None = None) -> str:
 
 
 def conversation(dialogue: dict, system: str) -> list[dict]:
-    return [{"role": "system", "content": system}] + [{"role": t["role"], "content": t["text"]} for t in dialogue["turns"]]
+    return [{"role": "system", "content": system}] + [
+        {"role": t["role"], "content": t["text"]} for t in dialogue["turns"]
+    ]
 
 
 def _chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
@@ -59,11 +61,15 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
             continue
         prompt = _chat_ids(tokenizer, messages[:k], generation_prompt=True)
         if ids[: len(prompt)] != prompt:
-            raise ValueError(f"{tokenizer.name_or_path}: chat template is not prefix-stable; cannot find assistant turns")
+            raise ValueError(
+                f"{tokenizer.name_or_path}: chat template is not prefix-stable; cannot find assistant turns"
+            )
         end = len(_chat_ids(tokenizer, messages[: k + 1]))
         reply = ids[len(prompt) : end]
         # learn the reply and its end-of-turn token, not the template's newline after it
-        stop = len(prompt) + (reply.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in reply else len(reply))
+        stop = len(prompt) + (
+            reply.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in reply else len(reply)
+        )
         labels[len(prompt) : stop] = ids[len(prompt) : stop]
         prompt_ends.append(len(prompt))
     return ids, labels, prompt_ends
@@ -76,14 +82,23 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 class PersonaDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, tokenizer, batch_size: int = 8, seed: int = 0, group_of: dict[str, int] | None = None):
+    def __init__(
+        self, cfg: DataConfig, tokenizer, batch_size: int = 8, seed: int = 0, group_of: dict[str, int] | None = None
+    ):
         super().__init__()
         self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
         self.group_of = group_of
         self.data_fingerprint = fingerprint(cfg.dir)
         key = json.dumps(
-            [CACHE_VERSION, self.data_fingerprint, tokenizer_fingerprint(tokenizer),
-             cfg.val_fraction, cfg.test_fraction, cfg.oracle_preferences, cfg.max_length],
+            [
+                CACHE_VERSION,
+                self.data_fingerprint,
+                tokenizer_fingerprint(tokenizer),
+                cfg.val_fraction,
+                cfg.test_fraction,
+                cfg.oracle_preferences,
+                cfg.max_length,
+            ],
         )
         self.cache_path = Path(cfg.cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
@@ -99,15 +114,24 @@ class PersonaDataModule(L.LightningDataModule):
             if self.cfg.oracle_preferences:
                 prefs = preferences[row["persona_id"]]
                 if prefs is None:
-                    raise ValueError(f"{self.cfg.dir}: persona {row['persona_id']} has no preferences for oracle_preferences")
+                    raise ValueError(
+                        f"{self.cfg.dir}: persona {row['persona_id']} has no preferences for oracle_preferences"
+                    )
             ids, labels, prompt_ends = encode_conversation(self.tokenizer, conversation(row, system_text(row, prefs)))
             replies = [t["text"] for t in row["turns"] if t["role"] == "assistant"]
-            examples[row["split"]].append({
-                "persona_id": row["persona_id"], "dialogue_id": row["dialogue_id"],
-                "input_ids": ids[: self.cfg.max_length], "labels": labels[: self.cfg.max_length],
-                # left-truncated prompts: the latest history matters most
-                "turns": [(ids[max(0, end - self.cfg.max_length) : end], ref) for end, ref in zip(prompt_ends, replies, strict=True)],
-            })
+            examples[row["split"]].append(
+                {
+                    "persona_id": row["persona_id"],
+                    "dialogue_id": row["dialogue_id"],
+                    "input_ids": ids[: self.cfg.max_length],
+                    "labels": labels[: self.cfg.max_length],
+                    # left-truncated prompts: the latest history matters most
+                    "turns": [
+                        (ids[max(0, end - self.cfg.max_length) : end], ref)
+                        for end, ref in zip(prompt_ends, replies, strict=True)
+                    ],
+                }
+            )
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.cache_path.with_suffix(".partial")
         torch.save({"examples": examples, "persona_ids": personas["persona_id"].to_list()}, partial)
@@ -128,7 +152,9 @@ class PersonaDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id
         batch = {
             "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
-            "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]),
+            "attention_mask": torch.tensor(
+                [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+            ),
             "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]),
             "persona_idx": torch.tensor([self.persona_index[r["persona_id"]] for r in rows]),
         }
@@ -138,7 +164,9 @@ class PersonaDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.examples["train"], self.batch_size, shuffle=True, generator=generator, collate_fn=self._collate)
+        return DataLoader(
+            self.examples["train"], self.batch_size, shuffle=True, generator=generator, collate_fn=self._collate
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.examples["val"], self.batch_size * 2, collate_fn=self._collate)
@@ -148,7 +176,13 @@ class PersonaDataModule(L.LightningDataModule):
     def eval_turns(self, split: str) -> pl.DataFrame:
         """One row per assistant turn of `split`: persona, dialogue, turn, prompt and reference."""
         rows = [
-            {"persona_id": ex["persona_id"], "dialogue_id": ex["dialogue_id"], "turn": t, "prompt_ids": prompt, "reference": ref}
+            {
+                "persona_id": ex["persona_id"],
+                "dialogue_id": ex["dialogue_id"],
+                "turn": t,
+                "prompt_ids": prompt,
+                "reference": ref,
+            }
             for ex in self.examples[split]
             for t, (prompt, ref) in enumerate(ex["turns"])
         ]

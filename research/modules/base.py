@@ -28,7 +28,9 @@ class AdaptationModule(L.LightningModule):
         self.train()  # from_pretrained leaves the model in eval mode: no dropout otherwise
 
     def model_step(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch)
@@ -49,8 +51,12 @@ class AdaptationModule(L.LightningModule):
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation of each left-padded prompt (new tokens only)."""
         out = self.model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
-            do_sample=False, use_cache=True, eos_token_id=self.tokenizer.eos_token_id,
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return out[:, batch["input_ids"].shape[1] :]

@@ -1,0 +1,160 @@
+"""Benchmarks, measured side by side in one run on this machine.
+
+- training tokens/s of the unified LoRA LightningModule in the project's Trainer versus a
+  plain PyTorch loop on the same model, batches, precision and optimizer
+  (`train_vs_plain_loop` = Lightning time / plain time; target <= 1.2);
+- evaluation turns/s of the project's generation path versus a plain `generate` loop
+  (`eval_vs_plain_loop`, same meaning).
+
+Every figure printed is also written to bench/results.json (name -> number).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import sys
+import time
+from itertools import accumulate
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from research.base_model import load_base
+from research.config import load_config
+from research.datamodules.persona import PersonaDataModule
+from research.evaluate import autocast, generate_split
+from research.modules.unified_lora import UnifiedLoraModule
+from research.run import ensure_data_and_base
+from research.train import make_trainer
+
+TRAIN_STEPS = 60
+EVAL_TURNS = 512
+REPEATS = 2  # alternate the two sides and keep each side's best, so drift hits both
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def lora_module(cfg, datamodule):
+    L.seed_everything(cfg.seed, verbose=False)
+    tokenizer, model = load_base(cfg.base_model)
+    return UnifiedLoraModule(model, tokenizer, cfg.train, cfg.method_args, datamodule)
+
+
+def tokens_in(batches) -> int:
+    return int(sum(b["attention_mask"].sum() for b in batches))
+
+
+def lightning_train(cfg, datamodule) -> float:
+    module = lora_module(cfg, datamodule)
+    trainer = make_trainer(cfg, max_steps=TRAIN_STEPS, limit_val_batches=0, enable_progress_bar=False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    return time.perf_counter() - start
+
+
+def plain_train(cfg, datamodule) -> float:
+    module = lora_module(cfg, datamodule)
+    model = module.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * TRAIN_STEPS), TRAIN_STEPS)
+    for step, batch in enumerate(datamodule.train_dataloader()):
+        if step == TRAIN_STEPS:
+            break
+        with autocast(cfg.train.precision, torch.device("cpu")):
+            loss = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    return time.perf_counter() - start
+
+
+def project_eval(cfg, datamodule, module) -> float:
+    start = time.perf_counter()
+    generate_split(module, datamodule, "bench", cfg.eval, cfg.train.precision)
+    return time.perf_counter() - start
+
+
+def plain_eval(cfg, datamodule, module) -> float:
+    turns = datamodule.eval_turns("bench")
+    tokenizer, pad = datamodule.tokenizer, datamodule.tokenizer.pad_token_id
+    prompts = sorted((p.to_list() for p in turns["prompt_ids"]), key=len)
+    model = module.model.eval()
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(cfg.train.precision, torch.device("cpu")):
+        for i in range(0, len(prompts), cfg.eval.batch_size):
+            chunk = prompts[i : i + cfg.eval.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+            mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in chunk])[:, None]).long()
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+            )
+            tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    cfg = load_config(None, sys.argv[1:], "unified_lora")
+    ensure_data_and_base(cfg)
+    tokenizer, _ = load_base(cfg.base_model)
+    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    tokens = tokens_in(b for _, b in zip(range(TRAIN_STEPS), datamodule.train_dataloader(), strict=False))
+
+    train_times = {"lightning": [], "plain": []}
+    for _ in range(REPEATS):
+        train_times["lightning"].append(lightning_train(cfg, datamodule))
+        train_times["plain"].append(plain_train(cfg, datamodule))
+
+    # the first EVAL_TURNS val turns, as a split of their own so both sides see the same prompts
+    val = datamodule.examples["val"]
+    datamodule.examples["bench"] = val[
+        : bisect.bisect_left(list(accumulate(len(e["turns"]) for e in val)), EVAL_TURNS) + 1
+    ]
+    n_turns = datamodule.eval_turns("bench").height
+    module = lora_module(cfg, datamodule)
+    eval_times = {"project": [], "plain": []}
+    for _ in range(REPEATS):
+        eval_times["project"].append(project_eval(cfg, datamodule, module))
+        eval_times["plain"].append(plain_eval(cfg, datamodule, module))
+
+    lightning_s, plain_s = min(train_times["lightning"]), min(train_times["plain"])
+    project_s, plain_eval_s = min(eval_times["project"]), min(eval_times["plain"])
+    results = {
+        "train_tokens_per_s_lightning": tokens / lightning_s,
+        "train_tokens_per_s_plain_loop": tokens / plain_s,
+        "train_vs_plain_loop": lightning_s / plain_s,
+        "eval_turns_per_s": n_turns / project_s,
+        "eval_turns_per_s_plain_loop": n_turns / plain_eval_s,
+        "eval_vs_plain_loop": project_s / plain_eval_s,
+    }
+    print(f"training, {TRAIN_STEPS} steps x batch {cfg.train.batch_size}, {cfg.train.precision} ({tokens} tokens):")
+    print(f"  Lightning module  {results['train_tokens_per_s_lightning']:8.0f} tokens/s")
+    print(f"  plain loop        {results['train_tokens_per_s_plain_loop']:8.0f} tokens/s")
+    print(f"  train_vs_plain_loop = {results['train_vs_plain_loop']:.3f} (target <= 1.2)")
+    print(f"evaluation, {n_turns} turns, batch {cfg.eval.batch_size}, greedy, KV cache:")
+    print(f"  project path      {results['eval_turns_per_s']:8.1f} turns/s")
+    print(f"  plain loop        {results['eval_turns_per_s_plain_loop']:8.1f} turns/s")
+    print(f"  eval_vs_plain_loop = {results['eval_vs_plain_loop']:.3f}")
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(
+        json.dumps(previous | {k: round(v, 4) for k, v in results.items()}, indent=2, sort_keys=True) + "\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny simulated dataset and a tiny base model, built once per session
+with the real code paths (simulator, tokenizer training, Qwen2 pretraining)."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_BASE = dict(
+    vocab_size=320,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    epochs=2,
+    batch_size=16,
+    lr=1e-2,
+)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    from research.data.generate import SimulatorConfig, generate
+
+    root = tmp_path_factory.mktemp("data")
+    generate(SimulatorConfig(personas=6, dialogues=6, neutral_personas=12, neutral_dialogues=6), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_dir(data_root, tmp_path_factory):
+    from research.base_model import BaseConfig, pretrain_from_dataset
+
+    out = tmp_path_factory.mktemp("models") / "base"
+    pretrain_from_dataset(data_root / "neutral", out, BaseConfig(**TINY_BASE))
+    return out
+
+
+@pytest.fixture
+def experiment(data_root, base_dir, tmp_path):
+    """Overrides for a fast experiment on the tiny data, tracked in a fresh MLflow store."""
+    return [
+        f"base_model={base_dir}",
+        f"data.dir={data_root / 'personas'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifacts={tmp_path / 'artifacts'}",
+        "train.max_epochs=1",
+        "train.batch_size=4",
+        "train.precision=32-true",
+        "eval.max_new_tokens=16",
+    ]

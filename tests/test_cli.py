@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+
+
+def _research(*args):
+    return subprocess.run([sys.executable, "-m", "research.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_score_prints_the_turn_metrics_as_json():
+    out = _research(
+        "score",
+        "--reference",
+        "Setting the AC to 22 degrees and lights to 50% brightness.",
+        "--prediction",
+        "I'll set the AC to 20 degrees and the lights to 50%.",
+    )
+    assert out.returncode == 0, out.stderr
+    scores = json.loads(out.stdout)
+    assert scores["device_precision"] == 1.0 and scores["numerical_precision"] == 0.5
+    assert 0 < scores["embedding_similarity"] < 1
+    assert scores["extracted"]["prediction"]["numbers"] == [20, 50]
+
+
+def test_bad_override_is_a_clear_error():
+    out = _research("train", "--method", "unified_lora", "train.lrr=1")
+    assert out.returncode == 2
+    assert "unknown key train.lrr (allowed:" in out.stderr
+
+
+def test_print_config_resolves_everything():
+    out = _research("train", "--method", "unified_lora", "--print-config", "method_args.r=2")
+    assert out.returncode == 0, out.stderr
+    assert "method: unified_lora" in out.stdout and "r: 2" in out.stdout

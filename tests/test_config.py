@@ -1,0 +1,40 @@
+import pytest
+
+from research.config import ConfigError, load_config
+
+
+def test_defaults_are_the_study_settings():
+    cfg = load_config(method="unified_lora")
+    assert (cfg.method_args.r, cfg.method_args.alpha, cfg.method_args.dropout) == (8, 16, 0.05)
+    assert cfg.method_args.target_modules == ("q_proj", "v_proj")
+    assert cfg.train.lr == 5e-4 and cfg.train.max_epochs == 3
+
+
+def test_precedence_file_then_method_then_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("method: no_adaptation\ntrain:\n  lr: 0.01\n  max_epochs: 7\n")
+    cfg = load_config(path, ["train.lr=0.002", "method_args.r=4"], method="unified_lora")
+    assert cfg.method == "unified_lora" and cfg.train.lr == 0.002 and cfg.train.max_epochs == 7
+    assert cfg.method_args.r == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lrr=1"], r"unknown key train.lrr \(allowed: max_epochs, lr,"),
+        (["method_args.rank=4"], r"unknown key method_args.rank \(allowed: r, alpha, dropout, target_modules\)"),
+        (["train.precision=fp8"], r"train.precision: 'fp8' is not allowed \(allowed: bf16-mixed, 32-true, 16-mixed\)"),
+        (["train.max_epochs=two"], r"train.max_epochs: expected an integer, got 'two'"),
+        (["data.oracle_preferences=maybe"], r"expected true or false"),
+        (["method=magic"], r"method: 'magic' is not registered \(allowed: .*unified_lora"),
+        (["train"], r"override 'train' is not key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nowhere.yaml")

@@ -1,0 +1,64 @@
+from research.base_model import load_base
+from research.config import DataConfig
+from research.datamodules.persona import PersonaDataModule
+
+
+def _datamodule(data_root, base_dir, tmp_path, **kwargs):
+    tokenizer, _ = load_base(str(base_dir))
+    cfg = DataConfig(dir=str(data_root / "personas"), cache_dir=str(tmp_path / "cache"), **kwargs)
+    dm = PersonaDataModule(cfg, tokenizer, batch_size=4)
+    dm.prepare_data()
+    dm.setup()
+    return dm, tokenizer
+
+
+def test_loss_only_on_assistant_tokens(data_root, base_dir, tmp_path):
+    import polars as pl
+
+    dm, tokenizer = _datamodule(data_root, base_dir, tmp_path)
+    dialogues = pl.read_parquet(data_root / "personas" / "dialogues.parquet")
+    example = dm.examples["train"][0]
+    turns = dialogues.filter(pl.col("dialogue_id") == example["dialogue_id"])["turns"][0]
+    replies = [t["text"] for t in turns if t["role"] == "assistant"]
+    learned = tokenizer.decode([t for t in example["labels"] if t != -100])
+    assert learned == "<|im_end|>".join(replies) + "<|im_end|>"
+    assert "Context:" not in learned and turns[0]["text"] not in learned
+
+
+def test_eval_prompts_hold_the_history_and_ask_for_the_next_reply(data_root, base_dir, tmp_path):
+    dm, tokenizer = _datamodule(data_root, base_dir, tmp_path)
+    turns = dm.eval_turns("test")
+    last = turns.filter(turns["turn"] == 1).row(0, named=True)
+    prompt = tokenizer.decode(last["prompt_ids"])
+    assert prompt.startswith("<|im_start|>system\nContext:") and prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.count("<|im_start|>assistant") == 2  # the first reply is history
+    assert last["reference"] not in prompt
+
+
+def test_no_test_dialogue_reaches_training(data_root, base_dir, tmp_path):
+    dm, _ = _datamodule(data_root, base_dir, tmp_path)
+    train = {e["dialogue_id"] for e in dm.examples["train"]}
+    held_out = {e["dialogue_id"] for e in dm.examples["val"] + dm.examples["test"]}
+    assert train and held_out and not train & held_out
+    loaded = set()
+    for batch in dm.train_dataloader():
+        loaded |= set(batch["persona_idx"].tolist())
+    assert loaded == set(range(len(dm.persona_ids)))
+
+
+def test_batches_carry_persona_and_group(data_root, base_dir, tmp_path):
+    dm, _ = _datamodule(data_root, base_dir, tmp_path)
+    dm.group_of = {p: i % 2 for i, p in enumerate(dm.persona_ids)}
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "persona_idx", "group_idx"}
+    assert batch["group_idx"].tolist() == [i % 2 for i in batch["persona_idx"].tolist()]
+
+
+def test_cache_is_reused_and_keyed_by_settings(data_root, base_dir, tmp_path):
+    dm, _ = _datamodule(data_root, base_dir, tmp_path)
+    stamp = dm.cache_path.stat().st_mtime_ns
+    again, _ = _datamodule(data_root, base_dir, tmp_path)
+    assert again.cache_path == dm.cache_path and again.cache_path.stat().st_mtime_ns == stamp
+    oracle, tokenizer = _datamodule(data_root, base_dir, tmp_path, oracle_preferences=True)
+    assert oracle.cache_path != dm.cache_path
+    assert "User preferences: brightness" in tokenizer.decode(oracle.examples["train"][0]["input_ids"])

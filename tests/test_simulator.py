@@ -1,0 +1,49 @@
+import statistics
+
+from research.data.simulator import simulate
+from research.metrics import extract
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    first, second, other = simulate(5, 4, seed=1), simulate(5, 4, seed=1), simulate(5, 4, seed=2)
+    assert first[:2] == second[:2]
+    assert first[1] != other[1]
+
+
+def test_study_shape():
+    personas, dialogues, _, _ = simulate(200, 30, seed=0)
+    assert len(personas) == 200 and len(dialogues) == 6000
+    assert 3.0 < statistics.mean(len(d["turns"]) for d in dialogues) < 3.4  # the study's ~3.2 turns
+    assert len({p.archetype for p in personas}) == 5
+
+
+def test_ground_truth_is_readable_from_the_reply():
+    """Every assistant turn's (device, parameter, value) triples are what the metric reads back."""
+    _, dialogues, _, _ = simulate(20, 10, seed=3)
+    for dialogue in dialogues:
+        for turn in dialogue["turns"]:
+            if turn["role"] == "assistant":
+                truth = {(a["device"], a["parameter"], a["value"]) for a in turn["actions"]}
+                assert extract(turn["text"]).triples == truth, turn["text"]
+
+
+def test_replies_carry_persona_preferences():
+    personas, dialogues, _, _ = simulate(40, 30, seed=0)
+    by_id = {p.persona_id: p for p in personas}
+    colors = {}
+    for dialogue in dialogues:
+        for turn in dialogue["turns"]:
+            for action in turn["actions"]:
+                if action["parameter"] == "genre":
+                    assert action["value"] == by_id[dialogue["persona_id"]].genre
+                if action["parameter"] == "color" and action["value"] != "warm":
+                    colors.setdefault(dialogue["persona_id"], set()).add(action["value"])
+    assert all(len(c) == 1 for c in colors.values())  # a persona keeps its colour
+    assert len({p.genre for p in personas}) > 1  # and personas differ
+
+
+def test_neutral_population_is_disjoint():
+    personas, _, _, _ = simulate(3, 2, seed=0)
+    neutral, _, _, _ = simulate(3, 2, seed=1, archetype="neutral", id_prefix="neutral")
+    assert not {p.persona_id for p in personas} & {p.persona_id for p in neutral}
+    assert {p.archetype for p in neutral} == {"neutral"}

@@ -1,0 +1,80 @@
+"""Every registered method, end to end on tiny data: fit, evaluate, MLflow run and artifacts."""
+
+import mlflow
+import polars as pl
+import pytest
+import torch
+
+from research.config import load_config
+from research.metrics import METRICS
+from research.modules import METHODS
+from research.train import train_and_evaluate
+
+
+def _client(cfg):
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    return mlflow.tracking.MlflowClient()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_logs_a_finished_run(method, experiment):
+    cfg = load_config(None, [*experiment, "train.batch_size=2"], method)  # 12 steps: a train/loss point every 10
+    result = train_and_evaluate(cfg)
+    run = _client(cfg).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == method and run.data.tags["dataset"] and run.data.tags["git_sha"]
+    assert {f"{split}/{m}" for split in ("val", "test") for m in METRICS} <= set(run.data.metrics)
+    assert run.data.params["method_args.r" if method == "unified_lora" else "train.lr"]
+    artifacts = mlflow.artifacts.download_artifacts(run_id=result.run_id)
+    per_persona = pl.read_parquet(f"{artifacts}/per_persona.parquet")
+    assert (
+        set(per_persona.columns) == {"split", "persona_id", *METRICS} and per_persona.height == 12
+    )  # 6 personas x 2 splits
+    predictions = pl.read_parquet(f"{artifacts}/predictions.parquet")
+    assert {"persona_id", "dialogue_id", "turn", "reference", "prediction"} <= set(predictions.columns)
+    assert load_config(f"{artifacts}/config.yaml").method == method
+    if method == "unified_lora":
+        for curve in ("train/loss", "val/loss"):
+            assert _client(cfg).get_metric_history(result.run_id, curve), f"{curve} curve logged"
+
+
+def test_unified_lora_adapter_reloads_in_plain_peft_with_identical_logits(experiment, tmp_path):
+    from peft import PeftModel
+
+    from research.base_model import load_base
+    from research.datamodules.persona import PersonaDataModule
+    from research.modules.unified_lora import UnifiedLoraModule
+    from research.train import fit
+
+    cfg = load_config(None, experiment, "unified_lora")
+    tokenizer, model = load_base(cfg.base_model)
+    dm = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size)
+    dm.prepare_data()
+    dm.setup()
+    module = UnifiedLoraModule(model, tokenizer, cfg.train, cfg.method_args, dm)
+    fit(module, dm, cfg, run_id=None)
+    module.save_adapter(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    reloaded = PeftModel.from_pretrained(load_base(cfg.base_model)[1], tmp_path / "adapter").eval()
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        expected = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(expected, got)
+    assert any(v.abs().sum() > 0 for k, v in module.trainable_state().items() if "lora_B" in k)  # it trained
+
+
+def test_same_seed_same_metrics(experiment):
+    first = train_and_evaluate(load_config(None, experiment, "unified_lora"))
+    second = train_and_evaluate(load_config(None, experiment, "unified_lora"))
+    assert first.metrics == second.metrics and first.run_id != second.run_id
+
+
+def test_crash_marks_the_run_failed_with_the_error(experiment):
+    cfg = load_config(None, [*experiment, "method_args.target_modules=[no_such_layer]"], "unified_lora")
+    with pytest.raises(ValueError):
+        train_and_evaluate(cfg)
+    (run,) = _client(cfg).search_runs([mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert run.info.status == "FAILED"
+    assert "no_such_layer" in run.data.tags["error"]

@@ -25,7 +25,8 @@ from research.config import ExperimentConfig, flatten, to_dict
 from research.datamodules.persona import PersonaDataModule
 from research.evaluate import generate_split, score
 from research.modules import METHODS
-from research.tracking import RunLogger, tracked_run
+from research.sources import resolve_sources
+from research.tracking import RunLogger, experiment_id, tracked_run
 
 
 @dataclass
@@ -90,6 +91,7 @@ def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
         "base_model": cfg.base_model,
         "base_fingerprint": base_fingerprint(cfg.base_model),
     }
+    resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
     with tracked_run(cfg.tracking, cfg.method, tags, flatten(to_dict(cfg))) as run:
         module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, datamodule)
         if module.trainable:

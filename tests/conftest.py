@@ -39,17 +39,36 @@ def base_dir(data_root, tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def experiment(data_root, base_dir, tmp_path):
-    """Overrides for a fast experiment on the tiny data, tracked in a fresh MLflow store."""
+def overrides(data_root, base_dir, store) -> list[str]:
+    """Overrides for a fast experiment on the tiny data, tracked in an MLflow store under `store`."""
     return [
         f"base_model={base_dir}",
         f"data.dir={data_root / 'personas'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"tracking.artifacts={tmp_path / 'artifacts'}",
+        f"data.cache_dir={store / 'cache'}",
+        f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+        f"tracking.artifacts={store / 'artifacts'}",
         "train.max_epochs=1",
         "train.batch_size=4",
         "train.precision=32-true",
         "eval.max_new_tokens=16",
     ]
+
+
+@pytest.fixture
+def experiment(data_root, base_dir, tmp_path):
+    """A fresh MLflow store per test."""
+    return overrides(data_root, base_dir, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def source_runs(data_root, base_dir, tmp_path_factory):
+    """One store holding a finished unified_lora and per_persona_lora run, for the methods
+    built on them (hybrid, constrained, merges): (overrides, {method: run id})."""
+    from research.config import load_config
+    from research.train import train_and_evaluate
+
+    experiment = overrides(data_root, base_dir, tmp_path_factory.mktemp("store"))
+    runs = {
+        m: train_and_evaluate(load_config(None, experiment, m)).run_id for m in ("unified_lora", "per_persona_lora")
+    }
+    return experiment, runs

@@ -4,10 +4,30 @@ Adding a method: one module file, one YAML in sweeps/, one line here.
 """
 
 from research.modules.base import AdaptationModule
+from research.modules.cluster_lora import ClusterLoraModule
+from research.modules.constrained_lora import ConstrainedLoraModule
+from research.modules.hybrid_lora import HybridLoraModule
+from research.modules.merges import (
+    DareMergeModule,
+    MoeMergeModule,
+    SvdMergeModule,
+    TiesMergeModule,
+    WeightedMergeModule,
+)
 from research.modules.no_adaptation import NoAdaptationModule
+from research.modules.per_persona_lora import PerPersonaLoraModule
 from research.modules.unified_lora import UnifiedLoraModule
 
 METHODS: dict[str, type[AdaptationModule]] = {
     "no_adaptation": NoAdaptationModule,
     "unified_lora": UnifiedLoraModule,
+    "per_persona_lora": PerPersonaLoraModule,
+    "hybrid_lora": HybridLoraModule,
+    "constrained_lora": ConstrainedLoraModule,
+    "cluster_lora": ClusterLoraModule,
+    "moe_merge": MoeMergeModule,
+    "weighted_merge": WeightedMergeModule,
+    "ties_merge": TiesMergeModule,
+    "dare_merge": DareMergeModule,
+    "svd_merge": SvdMergeModule,
 }

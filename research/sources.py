@@ -1,0 +1,75 @@
+"""Runs that a method builds on (hybrid on a unified run, merges on a per-persona run).
+
+A method's config names a source run in a field whose metadata says which method
+made it: `field(default="", metadata={"source_method": "unified_lora"})`. Before any
+work, `resolve_sources` fills an empty field with the latest finished run of that
+method on the same dataset and base model, and refuses a run that is missing,
+unfinished, of another method, or trained on other data or another base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from research.config import ConfigError
+
+
+class SourceError(ConfigError):
+    """A source run that cannot be used; the message says why."""
+
+
+def find_source(method: str, run_id: str, tags: dict[str, str], experiment_id: str, field_name: str):
+    """The MLflow run `run_id` (or the latest usable one) of `method`, checked against `tags`."""
+    client = mlflow.tracking.MlflowClient()
+    if not run_id:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.method = '{method}' and attributes.status = 'FINISHED' "
+                f"and tags.dataset = '{tags['dataset']}' and tags.base_fingerprint = '{tags['base_fingerprint']}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise SourceError(
+                f"method_args.{field_name}: no finished {method} run on dataset {tags['dataset']} with base model "
+                f"{tags['base_model']}; train one first (research train --method {method}) or name one "
+                f"with method_args.{field_name}=RUN_ID"
+            )
+        return runs[0]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise SourceError(
+            f"method_args.{field_name}: run {run_id} does not exist ({mlflow.get_tracking_uri()})"
+        ) from err
+    checks = [
+        ("method", run.data.tags.get("method"), method),
+        ("status", run.info.status, "FINISHED"),
+        ("dataset", run.data.tags.get("dataset"), tags["dataset"]),
+        ("base model", run.data.tags.get("base_fingerprint"), tags["base_fingerprint"]),
+    ]
+    for what, found, wanted in checks:
+        if found != wanted:
+            raise SourceError(f"method_args.{field_name}: run {run_id} has {what} {found!r}, this run needs {wanted!r}")
+    return run
+
+
+def resolve_sources(method_args, tags: dict[str, str], experiment_id: str) -> None:
+    """Fill and check, in place, every source-run field of a method's config."""
+    if not dataclasses.is_dataclass(method_args):
+        return
+    for field in dataclasses.fields(method_args):
+        if method := field.metadata.get("source_method"):
+            run = find_source(method, getattr(method_args, field.name), tags, experiment_id, field.name)
+            setattr(method_args, field.name, run.info.run_id)
+
+
+def source_artifact(run_id: str, path: str) -> Path:
+    """A local copy of artifact `path` of run `run_id`."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))

@@ -1,0 +1,109 @@
+"""Methods built on finished runs: source checks, the hybrid export, the L2 constraint."""
+
+import mlflow
+import polars as pl
+import pytest
+import torch
+from peft import PeftModel
+
+from research.base_model import load_base
+from research.config import load_config
+from research.datamodules.persona import PersonaDataModule
+from research.modules.constrained_lora import ConstrainedLoraModule
+from research.sources import SourceError
+from research.train import train_and_evaluate
+
+
+def _module(experiment, method, *extra):
+    cfg = load_config(None, [*experiment, *extra], method)
+    tokenizer, model = load_base(cfg.base_model)
+    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return cfg, datamodule, ConstrainedLoraModule(model, tokenizer, cfg.train, cfg.method_args, datamodule)
+
+
+def _runs(cfg, method):
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    return (
+        mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.method = '{method}'") if experiment else []
+    )
+
+
+def test_missing_source_fails_before_any_run_is_created(experiment):
+    cfg = load_config(None, experiment, "hybrid_lora")
+    with pytest.raises(SourceError, match="no finished unified_lora run"):
+        train_and_evaluate(cfg)
+    assert len(_runs(cfg, "hybrid_lora")) == 0
+
+
+def test_source_of_another_method_or_unfinished_is_refused(source_runs):
+    experiment, runs = source_runs
+    with pytest.raises(SourceError, match="has method 'per_persona_lora'"):
+        train_and_evaluate(
+            load_config(None, [*experiment, f"method_args.unified_run={runs['per_persona_lora']}"], "hybrid_lora")
+        )
+    with pytest.raises(SourceError, match="does not exist"):
+        train_and_evaluate(load_config(None, [*experiment, "method_args.source_run=0123abcd"], "moe_merge"))
+    cfg = load_config(None, experiment, "unified_lora")
+    failed = mlflow.tracking.MlflowClient(cfg.tracking.uri).create_run(
+        mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id, tags={"method": "unified_lora"}
+    )
+    mlflow.tracking.MlflowClient(cfg.tracking.uri).set_terminated(failed.info.run_id, "FAILED")
+    with pytest.raises(SourceError, match="status 'FAILED'"):
+        train_and_evaluate(
+            load_config(None, [*experiment, f"method_args.unified_run={failed.info.run_id}"], "hybrid_lora")
+        )
+
+
+def test_source_on_another_dataset_is_refused(source_runs, data_root, tmp_path):
+    import shutil
+
+    experiment, runs = source_runs
+    other = tmp_path / "other"
+    shutil.copytree(data_root / "personas", other)
+    dialogues = pl.read_parquet(other / "dialogues.parquet")
+    dialogues.head(dialogues.height - 1).write_parquet(other / "dialogues.parquet")
+    moved = [o for o in experiment if not o.startswith("data.dir=")] + [f"data.dir={other}"]
+    with pytest.raises(SourceError, match="has dataset"):
+        train_and_evaluate(
+            load_config(None, [*moved, f"method_args.unified_run={runs['unified_lora']}"], "hybrid_lora")
+        )
+
+
+def test_l2_term_is_zero_at_start_and_matches_a_hand_computation_after_a_step(source_runs):
+    experiment, runs = source_runs
+    cfg, dm, module = _module(experiment, "constrained_lora", f"method_args.unified_run={runs['unified_lora']}")
+    batch = dm._collate(dm.examples["train"][:4])
+    module.train()
+    module.router.route(batch["group_idx"])
+    assert module.l2_penalty().item() == 0.0
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    (module.model_step(batch) + cfg.method_args.l2_lambda * module.l2_penalty()).backward()
+    optimizer.step()
+    by_hand = sum(
+        ((layer.scaling * layer.lora_B[g] @ layer.lora_A[g]) ** 2).sum()
+        for layer in module.layers.values()
+        for g in batch["group_idx"].unique().tolist()
+    )
+    assert by_hand > 0
+    torch.testing.assert_close(module.l2_penalty(), by_hand, rtol=1e-5, atol=1e-10)
+
+
+def test_hybrid_export_holds_unified_and_persona_and_reloads_on_the_plain_base(source_runs, tmp_path):
+    experiment, runs = source_runs
+    cfg, dm, module = _module(experiment, "constrained_lora", f"method_args.unified_run={runs['unified_lora']}")
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    module.eval().save_adapter(tmp_path)
+    persona = dm.persona_ids[1]
+    batch = dm._collate([e for e in dm.examples["val"] if e["persona_id"] == persona][:1])
+    reloaded = PeftModel.from_pretrained(load_base(cfg.base_model)[1], tmp_path / persona).eval()
+    with torch.no_grad():
+        module.router.route(batch["group_idx"])
+        engine = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        peft = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(engine, peft, rtol=1e-4, atol=1e-4)

@@ -7,6 +7,9 @@ STAMP := .venv/.installed
 METHOD ?= unified_lora
 ARGS ?=
 TRACKING ?= sqlite:///mlruns/mlflow.db
+TRIALS ?=
+WORKERS ?= 1
+STORAGE ?=
 PORT ?= 5000
 
 $(STAMP): requirements.lock pyproject.toml
@@ -15,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run test lint format train data base ui bench clean
+.PHONY: help setup run test lint format train sweep data base ui bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -44,12 +47,16 @@ base: $(STAMP) ## pretrain the tiny base model into models/base
 train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora ARGS="train.lr=1e-3"
 	$(PY) -m research.cli train --method $(METHOD) $(ARGS)
 
+sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [STORAGE=URL] [ARGS=...]
+	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT) (one worker)
 	mkdir -p mlruns
 	.venv/bin/mlflow ui --backend-store-uri $(TRACKING) --host 127.0.0.1 --port $(PORT) --workers 1
 
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json
 	$(PY) bench/bench.py
+	$(PY) bench/many_adapters.py
 
 clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
-	rm -rf data models mlruns/mlflow.db mlruns/artifacts .pytest_cache
+	rm -rf data models mlruns/mlflow.db mlruns/optuna.* mlruns/artifacts .pytest_cache

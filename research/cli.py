@@ -15,6 +15,8 @@ EPILOG = """examples:
   research train --method unified_lora train.lr=1e-3 method_args.r=4
   research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
   research run                                the main job (make run)
+  research sweep --method constrained_lora --trials 8     Optuna sweep, one MLflow child run per trial
+  research cluster algorithm=kmeans features=behaviour    cluster personas, print silhouette, plot
 """
 
 
@@ -86,6 +88,34 @@ def cmd_score(args) -> None:
     print(json.dumps({**{k: round(v, 4) for k, v in row.items()}, "extracted": detail}, indent=2))
 
 
+def cmd_sweep(args) -> None:
+    from research.sweep import run_sweep
+
+    summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items() if n)
+    print(f"study {summary['study']}: {states}; parent MLflow run {summary['parent_run_id']}")
+    if summary["best"] is not None:
+        best = summary["best"]
+        print(f"best trial {best.number}: {best.value:.4f} with {best.params} (run {summary['best_run_id']})")
+
+
+def cmd_cluster(args) -> None:
+    from research.base_model import load_base
+    from research.clustering import ClusteringConfig, cluster_personas, plot
+    from research.config import DataConfig, build, parse_overrides
+    from research.datamodules.persona import PersonaDataModule
+
+    values = parse_overrides(args.overrides)
+    data = build(DataConfig, values.pop("data", {}), "data")
+    cfg = build(ClusteringConfig, values)
+    datamodule = PersonaDataModule(data, load_base(args.base_model)[0])
+    datamodule.prepare_data()
+    datamodule.setup()
+    clustering = cluster_personas(cfg, datamodule)
+    plot(clustering, Path(args.plot), f"{cfg.algorithm} on {cfg.features} features")
+    print(f"k={clustering.k} silhouette={clustering.silhouette:.3f} sizes={clustering.sizes()}; plot in {args.plot}")
+
+
 def cmd_run(args) -> None:
     from research.run import main_job
 
@@ -144,6 +174,32 @@ def main(argv: list[str] | None = None) -> None:
         "overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=..."
     )
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="Optuna sweep of one method (search space in sweeps/METHOD.yaml); resumes the same study",
+        description="One parent MLflow run per study, one child run per trial. Rerunning the same "
+        "command resumes the study (a trial killed mid-way is marked failed).",
+    )
+    sweep.add_argument("--method", required=True, help="registered method name (see `research methods`)")
+    sweep.add_argument("--spec", help="search-space YAML (default: sweeps/METHOD.yaml)")
+    sweep.add_argument("--trials", type=int, help="total trials for the study (default: the YAML's)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this host (journal storage)")
+    sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite, or a journal file for workers > 1)")
+    sweep.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="fixed for every trial, e.g. train.max_epochs=2"
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="cluster personas (training dialogues or descriptions) and plot them; no training",
+        description="key=value: ClusteringConfig keys (algorithm, features, k, ...) and data.* keys.",
+    )
+    cluster.add_argument("--base-model", default="models/base", help="its tokenizer reads the dataset")
+    cluster.add_argument("--plot", default="clusters.png", help="where to write the 2-D plot")
+    cluster.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. algorithm=agglomerative k=6")
+    cluster.set_defaults(func=cmd_cluster)
 
     methods = sub.add_parser("methods", help="list registered methods and their settings")
     methods.set_defaults(func=lambda _: _print_methods())

@@ -37,16 +37,27 @@ def git_sha() -> str:
 
 
 @contextmanager
-def tracked_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict):
-    """An active MLflow run; on an exception it ends FAILED with the error as tag `error`."""
+def tracked_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict, parent_run_id=None):
+    """An active MLflow run (nested under `parent_run_id` if given). On an exception it ends
+    FAILED with the error as tag `error`; a pruned sweep trial ends KILLED, tagged `pruned`."""
+    import optuna
+
     exp = experiment_id(cfg)
-    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags={**tags, "git_sha": git_sha()}) as run:
-        try:
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-            yield run
-        except BaseException as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-            raise
+    run = mlflow.start_run(
+        experiment_id=exp, run_name=run_name, tags={**tags, "git_sha": git_sha()}, parent_run_id=parent_run_id
+    )
+    try:
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        yield run
+    except optuna.TrialPruned as pruned:
+        mlflow.set_tag("pruned", str(pruned) or "true")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
 
 
 class RunLogger(MLFlowLogger):

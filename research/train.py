@@ -3,14 +3,17 @@
 setup     load the base model, build the shared PersonaDataModule and the method's module
 fit       Lightning, early stopping on `train.monitor`, best weights restored at the end
 evaluate  greedy generation on each eval split; metrics per turn, per persona, overall
-log       one MLflow run: config, metrics, curves, per_persona.parquet, predictions.parquet,
-          config.yaml and the adapter in PEFT format
+log       one MLflow run: config, metrics, curves, time/* (setup, fit, eval seconds),
+          per_persona.parquet, predictions.parquet, config.yaml and the adapter(s) in PEFT format
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -35,6 +38,7 @@ class RunResult:
     method: str
     metrics: dict[str, float]  # "val/embedding_similarity", "test/param_f1", ...
     per_persona: pl.DataFrame  # split, persona_id, every metric
+    seconds: dict[str, float]  # time/setup_s, time/fit_s, time/eval_s, time/total_s
 
 
 class RestoreBestWeights(Callback):
@@ -74,29 +78,68 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
     return L.Trainer(**(settings | overrides))
 
 
-def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None) -> None:
+def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None, callbacks=()) -> None:
     logger = run_id and RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id)
-    make_trainer(cfg, logger).fit(module, datamodule=datamodule)
+    trainer = make_trainer(cfg, logger)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(module, datamodule=datamodule)
 
 
-def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
+class GenerativeValidation(Callback):
+    """Generates and scores the val split after each validation epoch and logs
+    `val/<metric>`, so the metrics of DESIGN.md can be monitored during fit (a sweep
+    prunes on them). Costs one val generation per epoch, so only sweeps that prune on
+    such a metric add it."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        predictions = generate_split(module, trainer.datamodule, "val", self.cfg.eval, self.cfg.train.precision)
+        for name, value in score(predictions, self.cfg.eval.embedder)[2].items():
+            module.log(f"val/{name}", value)
+
+
+@cache
+def _loaded_base(name_or_path: str):
+    return load_base(name_or_path)
+
+
+def base_copy(name_or_path: str):
+    """(tokenizer, a fresh copy of the model): the base is read once per process, so a
+    sweep worker does not reload it for every trial (methods wrap the model in place)."""
+    tokenizer, model = _loaded_base(name_or_path)
+    return tokenizer, copy.deepcopy(model)
+
+
+def train_and_evaluate(
+    cfg: ExperimentConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None, callbacks=()
+) -> RunResult:
+    """One MLflow run of `cfg.method` (a child of `parent_run_id` in a sweep); `callbacks`
+    join the Trainer's (a sweep's pruning)."""
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer, model = load_base(cfg.base_model)
+    tokenizer, model = base_copy(cfg.base_model)
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup()
     tags = {
+        **(tags or {}),
         "method": cfg.method,
         "dataset": datamodule.data_fingerprint,
         "base_model": cfg.base_model,
         "base_fingerprint": base_fingerprint(cfg.base_model),
     }
     resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
-    with tracked_run(cfg.tracking, cfg.method, tags, flatten(to_dict(cfg))) as run:
+    with tracked_run(cfg.tracking, cfg.method, tags, flatten(to_dict(cfg)), parent_run_id) as run:
         module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, datamodule)
+        fit_started = time.perf_counter()
         if module.trainable:
-            fit(module, datamodule, cfg, run.info.run_id)
+            fit(module, datamodule, cfg, run.info.run_id, callbacks)
         module.to("cuda" if torch.cuda.is_available() else "cpu")
+        eval_started = time.perf_counter()
         metrics, personas, predictions = {}, [], []
         for split in cfg.eval.splits:
             turns, per_persona, overall = score(
@@ -105,7 +148,12 @@ def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
             metrics |= {f"{split}/{name}": value for name, value in overall.items()}
             personas.append(per_persona.insert_column(0, pl.lit(split).alias("split")))
             predictions.append(turns.insert_column(0, pl.lit(split).alias("split")))
-        mlflow.log_metrics(metrics)
+        seconds = {
+            "time/setup_s": fit_started - started,
+            "time/fit_s": eval_started - fit_started,
+            "time/eval_s": time.perf_counter() - eval_started,
+        }
+        mlflow.log_metrics(metrics | seconds)
         per_persona_table = pl.concat(personas)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
@@ -114,4 +162,5 @@ def train_and_evaluate(cfg: ExperimentConfig) -> RunResult:
             (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             module.save_adapter(out / "adapter")
             mlflow.log_artifacts(tmp)
-    return RunResult(run.info.run_id, cfg.method, metrics, per_persona_table)
+        seconds["time/total_s"] = time.perf_counter() - started
+    return RunResult(run.info.run_id, cfg.method, metrics, per_persona_table, seconds)

@@ -103,8 +103,10 @@ def test_behaviour_features_ignore_test_dialogues(setup):
     _, _, dm = setup
     cfg = ClusteringConfig(k=2)
     before = cluster_personas(cfg, dm).features
-    for example in dm.examples["test"]:
-        example["turns"] = [(prompt, "Setting the AC to 30 degrees!!!") for prompt, _ in example["turns"]]
+    dm.examples["test"] = [
+        {**example, "turns": [(prompt, "Setting the AC to 30 degrees!!!") for prompt, _ in example["turns"]]}
+        for example in dm.examples["test"]
+    ]
     assert np.array_equal(before, cluster_personas(cfg, dm).features)
 
 

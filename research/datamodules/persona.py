@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -73,6 +74,12 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
         labels[len(prompt) : stop] = ids[len(prompt) : stop]
         prompt_ends.append(len(prompt))
     return ids, labels, prompt_ends
+
+
+@cache
+def _read_cache(path: Path) -> dict:
+    """Tokenized data, read once per process (the path names its content); treat as read-only."""
+    return torch.load(path, weights_only=False)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -140,8 +147,8 @@ class PersonaDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "examples"):
             return
-        cached = torch.load(self.cache_path, weights_only=False)
-        self.examples = cached["examples"]
+        cached = _read_cache(self.cache_path)
+        self.examples = {split: list(rows) for split, rows in cached["examples"].items()}
         self.persona_ids: list[str] = cached["persona_ids"]
         self.persona_index = {p: i for i, p in enumerate(self.persona_ids)}
 

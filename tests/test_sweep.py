@@ -1,0 +1,116 @@
+"""Sweeps on a real Optuna study and a real MLflow store: parent and child runs, the best
+trial on the parent, failed trials, and resuming after a SIGKILL mid-trial."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from research.config import ConfigError, load_config
+from research.sweep import default_storage, load_spec, open_storage, run_sweep, study_name
+from research.tracking import experiment_id
+
+FAST = ["train.max_epochs=1", "eval.splits=val"]
+
+
+def _client(experiment):
+    """(client, experiment id), the experiment created if needed."""
+    cfg = load_config(None, experiment, "unified_lora")
+    exp = experiment_id(cfg.tracking)
+    return mlflow.tracking.MlflowClient(cfg.tracking.uri), exp
+
+
+def _study(overrides, spec_path):
+    cfg = load_config(None, overrides, "unified_lora")
+    name = study_name("unified_lora", load_spec("unified_lora", spec_path), overrides)
+    return optuna.load_study(study_name=name, storage=open_storage(default_storage(cfg.tracking.uri, 1)))
+
+
+def test_sweep_logs_a_parent_and_one_child_per_trial_with_the_best_on_the_parent(experiment):
+    overrides = [*experiment, *FAST]
+    summary = run_sweep("unified_lora", overrides, trials=2)
+    client, exp = _client(experiment)
+    parent = client.get_run(summary["parent_run_id"])
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.tags["trial"] for c in children) == ["0", "1"]
+    assert {c.data.tags["study"] for c in children} == {summary["study"]} and parent.data.tags["sweep"] == "parent"
+    assert {c.data.tags["method"] for c in children} == {"unified_lora"}
+    best = summary["best"]
+    assert parent.data.tags["best_run_id"] == best.user_attrs["run_id"]
+    assert parent.data.metrics["best/val/embedding_similarity"] == pytest.approx(best.value)
+    assert {f"best.{k}" for k in best.params} <= set(parent.data.tags)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials/complete"] == 2
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+
+    again = run_sweep("unified_lora", overrides, trials=3)  # same command, one more trial: same study and parent
+    assert again["parent_run_id"] == summary["parent_run_id"] and again["states"]["COMPLETE"] == 3
+
+
+def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment):
+    overrides = [*experiment, *FAST, "method_args.target_modules=[no_such_layer]"]
+    summary = run_sweep("unified_lora", overrides, trials=1)
+    assert summary["states"]["FAIL"] == 1 and summary["best"] is None
+    client, exp = _client(experiment)
+    (run,) = client.search_runs([exp], f"tags.study = '{summary['study']}' and tags.trial = '0'")
+    assert run.info.status == "FAILED" and "no_such_layer" in run.data.tags["error"]
+
+
+def test_a_sweep_objective_must_be_a_val_metric(tmp_path):
+    from research.sweep import SWEEPS_DIR
+
+    assert load_spec("unified_lora", SWEEPS_DIR / "unified_lora.yaml").objective.startswith("val/")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: test/param_f1\nspace: {}\n")
+    with pytest.raises(ConfigError, match="must be a val/ metric"):
+        load_spec("unified_lora", bad)
+
+
+def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_ones_untouched(experiment, tmp_path):
+    spec = tmp_path / "slow.yaml"  # trials long enough (~10 s) to be caught mid-way
+    spec.write_text("trials: 2\npruner: {name: none}\nspace:\n  train.lr: {type: float, low: 1.0e-5, high: 2.0e-5}\n")
+    overrides = [*experiment, *FAST, "train.max_epochs=40", "train.patience=100"]
+    client, exp = _client(experiment)
+    command = [
+        sys.executable,
+        "-m",
+        "research.cli",
+        "sweep",
+        "--method",
+        "unified_lora",
+        "--spec",
+        str(spec),
+        *overrides,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill once trial 0 is finished and trial 1 is running
+            runs = client.search_runs([exp], "tags.trial = '1' and attributes.status = 'RUNNING'")
+            if runs:
+                break
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.1)
+        else:
+            pytest.fail("trial 1 never started")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    (first,) = client.search_runs([exp], "tags.trial = '0'")
+    run_sweep("unified_lora", overrides, spec_path=spec)
+    study = _study(overrides, spec)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 2 and states[1] == TrialState.FAIL
+    interrupted = client.search_runs([exp], "tags.trial = '1'")
+    assert len(interrupted) == 1 and interrupted[0].info.status == "FAILED"
+    assert "interrupted" in interrupted[0].data.tags["error"]
+    untouched = client.get_run(first.info.run_id)
+    assert untouched.info.status == "FINISHED" and untouched.data.metrics == first.data.metrics

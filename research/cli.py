@@ -17,6 +17,9 @@ EPILOG = """examples:
   research run                                the main job (make run)
   research sweep --method constrained_lora --trials 8     Optuna sweep, one MLflow child run per trial
   research cluster algorithm=kmeans features=behaviour    cluster personas, print silhouette, plot
+  research register RUN_ID                    the run's adapter(s) -> registered model named after the method
+  research promote per_persona_lora 1 --personas all      route personas to version 1
+  research chat --persona persona_017 "turn on the lights"
 """
 
 
@@ -116,6 +119,63 @@ def cmd_cluster(args) -> None:
     print(f"k={clustering.k} silhouette={clustering.silhouette:.3f} sizes={clustering.sizes()}; plot in {args.plot}")
 
 
+def _serving_config(args):
+    from research.config import load_config
+
+    return load_config(None, args.overrides, "unified_lora")  # tracking.*, base_model, eval.* apply
+
+
+def cmd_register(args) -> None:
+    from research.registry import register
+
+    version = register(_serving_config(args).tracking.uri, args.run_id, args.alias)
+    print(f"registered {version.name} version {version.version} (alias {args.alias}) from run {args.run_id}")
+
+
+def cmd_promote(args) -> None:
+    from research.base_model import base_fingerprint
+    from research.registry import promote
+
+    cfg = _serving_config(args)
+    personas = "all" if args.personas == "all" else [p for p in args.personas.split(",") if p]
+    table = promote(
+        cfg.tracking.uri, args.routing, args.model, args.version, personas, base_fingerprint(cfg.base_model)
+    )
+    print(f"routing table revision {table['revision']}: {args.model} v{args.version} -> {args.personas}")
+
+
+def cmd_routing(args) -> None:
+    from research.registry import history, load_table, rollback
+
+    if args.action == "show":
+        print(json.dumps(load_table(args.routing), indent=1, sort_keys=True))
+    elif args.action == "history":
+        for table in history(args.routing):
+            print(f"revision {table['revision']}: {json.dumps(table.get('promotion'))}")
+    else:
+        table = rollback(args.routing, args.to)
+        print(f"routing table revision {table['revision']}: the routes of revision {table['promotion']['rollback_to']}")
+
+
+def cmd_chat(args) -> None:
+    from research.serve import RoutedModel, current_context
+
+    cfg = _serving_config(args)
+    model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
+    request = {"persona_id": args.persona, **current_context(), "turns": [{"role": "user", "text": args.text}]}
+    print(model.answer([request])[0])
+
+
+def cmd_predict(args) -> None:
+    from research.serve import RoutedModel, read_requests, write_predictions
+
+    cfg = _serving_config(args)
+    requests = read_requests(args.input)
+    model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
+    write_predictions(args.output, requests, model.answer(requests, cfg.eval.batch_size))
+    print(f"{len(requests)} replies through routing revision {model.revision} in {args.output}")
+
+
 def cmd_run(args) -> None:
     from research.run import main_job
 
@@ -200,6 +260,53 @@ def main(argv: list[str] | None = None) -> None:
     cluster.add_argument("--plot", default="clusters.png", help="where to write the 2-D plot")
     cluster.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. algorithm=agglomerative k=6")
     cluster.set_defaults(func=cmd_cluster)
+
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument("--routing", default="routing", help="routing table directory (default: routing)")
+
+    def serving_overrides(command) -> None:
+        command.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="tracking.uri=..., base_model=..., eval.max_new_tokens=...",
+        )
+
+    register = sub.add_parser("register", help="register a finished run's adapter(s) as an MLflow model version")
+    register.add_argument("run_id")
+    register.add_argument("--alias", default="candidate", help="alias for the new version (default: candidate)")
+    register.add_argument("overrides", nargs="*", metavar="key=value", help="tracking.uri=...")
+    register.set_defaults(func=cmd_register)
+
+    promote = sub.add_parser(
+        "promote",
+        parents=[serving],
+        help="route personas to a registered model version (checked, atomic, recorded)",
+        description="A shared adapter promoted for all becomes the fallback for every persona without a route.",
+    )
+    promote.add_argument("model", help="registered model name (the method)")
+    promote.add_argument("version")
+    promote.add_argument("--personas", default="all", help="p1,p2,... or all (default)")
+    serving_overrides(promote)
+    promote.set_defaults(func=cmd_promote)
+
+    routing = sub.add_parser("routing", help="show the routing table, its history, or roll back a promotion")
+    routing.add_argument("action", choices=["show", "history", "rollback"])
+    routing.add_argument("--routing", default="routing", help="routing table directory (default: routing)")
+    routing.add_argument("--to", type=int, help="rollback: the revision to restore (default: the previous one)")
+    routing.set_defaults(func=cmd_routing)
+
+    chat = sub.add_parser("chat", parents=[serving], help="answer one message through the routing table")
+    chat.add_argument("--persona", required=True)
+    chat.add_argument("text")
+    serving_overrides(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    predict = sub.add_parser("predict", parents=[serving], help="answer a file of requests through the routing table")
+    predict.add_argument("--input", required=True, help="JSONL or Parquet: persona_id, context fields, turns")
+    predict.add_argument("--output", required=True, help="the requests with a prediction column (.jsonl or .parquet)")
+    serving_overrides(predict)
+    predict.set_defaults(func=cmd_predict)
 
     methods = sub.add_parser("methods", help="list registered methods and their settings")
     methods.set_defaults(func=lambda _: _print_methods())

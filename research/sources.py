@@ -22,8 +22,8 @@ class SourceError(ConfigError):
     """A source run that cannot be used; the message says why."""
 
 
-def find_source(method: str, run_id: str, tags: dict[str, str], experiment_id: str, field_name: str):
-    """The MLflow run `run_id` (or the latest usable one) of `method`, checked against `tags`."""
+def find_source(method: str | None, run_id: str, tags: dict[str, str], experiment_id: str, field_name: str):
+    """The MLflow run `run_id` (or the latest usable one) of `method` (None: any), checked against `tags`."""
     client = mlflow.tracking.MlflowClient()
     if not run_id:
         runs = client.search_runs(
@@ -49,7 +49,7 @@ def find_source(method: str, run_id: str, tags: dict[str, str], experiment_id: s
             f"method_args.{field_name}: run {run_id} does not exist ({mlflow.get_tracking_uri()})"
         ) from err
     checks = [
-        ("method", run.data.tags.get("method"), method),
+        ("method", run.data.tags.get("method"), method or run.data.tags.get("method")),
         ("status", run.info.status, "FINISHED"),
         ("dataset", run.data.tags.get("dataset"), tags["dataset"]),
         ("base model", run.data.tags.get("base_fingerprint"), tags["base_fingerprint"]),
@@ -61,13 +61,20 @@ def find_source(method: str, run_id: str, tags: dict[str, str], experiment_id: s
 
 
 def resolve_sources(method_args, tags: dict[str, str], experiment_id: str) -> None:
-    """Fill and check, in place, every source-run field of a method's config."""
+    """Fill and check, in place, every source-run field of a method's config. A tuple
+    field with source_method "*" lists runs of any method; it may not be empty."""
     if not dataclasses.is_dataclass(method_args):
         return
     for field in dataclasses.fields(method_args):
-        if method := field.metadata.get("source_method"):
-            run = find_source(method, getattr(method_args, field.name), tags, experiment_id, field.name)
-            setattr(method_args, field.name, run.info.run_id)
+        method = field.metadata.get("source_method")
+        value = getattr(method_args, field.name)
+        if method == "*":
+            if not value:
+                raise SourceError(f"method_args.{field.name}: name at least one finished run (RUN_ID,RUN_ID,...)")
+            runs = [find_source(None, run_id, tags, experiment_id, field.name) for run_id in value]
+            setattr(method_args, field.name, tuple(run.info.run_id for run in runs))
+        elif method:
+            setattr(method_args, field.name, find_source(method, value, tags, experiment_id, field.name).info.run_id)
 
 
 def source_artifact(run_id: str, path: str) -> Path:

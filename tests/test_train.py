@@ -26,7 +26,12 @@ def _needs_sources(method: str) -> bool:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_logs_a_finished_run(method, experiment, source_runs):
     if _needs_sources(method):  # built on finished runs: use the store that holds them
-        experiment = source_runs[0]
+        experiment, runs = source_runs
+        experiment = [*experiment] + [  # runs of any method: the per-persona one
+            f"method_args.{f.name}={runs['per_persona_lora']}"
+            for f in dataclasses.fields(METHODS[method].config_class)
+            if f.metadata.get("source_method") == "*"
+        ]
     cfg = load_config(None, [*experiment, "train.batch_size=2"], method)  # 12 steps: a train/loss point every 10
     result = train_and_evaluate(cfg)
     run = _client(cfg).get_run(result.run_id)

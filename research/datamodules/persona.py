@@ -197,17 +197,28 @@ class PersonaDataModule(L.LightningDataModule):
 
     def eval_batches(self, turns: pl.DataFrame, batch_size: int):
         """Left-padded prompt batches, shortest first (less padding); yields (row indices, batch)."""
-        order = sorted(range(turns.height), key=lambda i: len(turns["prompt_ids"][i]))
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            prompts = [turns["prompt_ids"][i].to_list() for i in index]
-            width = max(map(len, prompts))
-            batch = {
-                "input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
-                "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-                "persona_idx": torch.tensor([self.persona_index[turns["persona_id"][i]] for i in index]),
-            }
+        prompts = [p.to_list() for p in turns["prompt_ids"]]
+        personas = turns["persona_id"].to_list()
+        for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
+            batch["persona_idx"] = torch.tensor([self.persona_index[personas[i]] for i in index])
             if self.group_of is not None:
-                batch["group_idx"] = torch.tensor([self.group_of[turns["persona_id"][i]] for i in index])
+                batch["group_idx"] = torch.tensor([self.group_of[personas[i]] for i in index])
             yield index, batch
+
+
+def prompt_batches(prompts: list[list[int]], pad: int, batch_size: int):
+    """Left-padded batches of prompts for generation, shortest first (less padding);
+    yields (indices into `prompts`, {input_ids, attention_mask})."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in index)
+        yield (
+            index,
+            {
+                "input_ids": torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in index]),
+                "attention_mask": torch.tensor(
+                    [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in index]
+                ),
+            },
+        )

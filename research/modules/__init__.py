@@ -16,6 +16,7 @@ from research.modules.merges import (
 )
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
+from research.modules.selective_routing import SelectiveRoutingModule
 from research.modules.unified_lora import UnifiedLoraModule
 
 METHODS: dict[str, type[AdaptationModule]] = {
@@ -30,4 +31,5 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "ties_merge": TiesMergeModule,
     "dare_merge": DareMergeModule,
     "svd_merge": SvdMergeModule,
+    "selective_routing": SelectiveRoutingModule,
 }

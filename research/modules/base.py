@@ -16,6 +16,21 @@ from transformers import get_linear_schedule_with_warmup
 from research.config import TrainConfig
 
 
+@torch.no_grad()
+def greedy_generate(model, tokenizer, batch: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation of each left-padded prompt with the KV cache (new tokens only)."""
+    out = model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return out[:, batch["input_ids"].shape[1] :]
+
+
 class AdaptationModule(L.LightningModule):
     config_class: type  # the method's own config dataclass (its `method_args`)
     trainable = True  # False: evaluate the model as built, no fit
@@ -47,19 +62,8 @@ class AdaptationModule(L.LightningModule):
         schedule = get_linear_schedule_with_warmup(optimizer, int(self.train_cfg.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation of each left-padded prompt (new tokens only)."""
-        out = self.model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        return out[:, batch["input_ids"].shape[1] :]
+        return greedy_generate(self.model, self.tokenizer, batch, max_new_tokens)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}

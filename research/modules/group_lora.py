@@ -149,16 +149,26 @@ def export_group(
 
 def load_group(layers: dict[str, GroupLoraLinear], group: int, factors: dict[str, tuple]) -> None:
     """Put an adapter ({module name: (scaling * A, B)}, e.g. from `read_adapter`) into
-    group `group`, zero-padded to the engine's rank."""
+    group `group`, zero-padded to the engine's rank; layers it does not adapt stay zero."""
+    if unknown := sorted(factors.keys() - layers.keys()):
+        raise ValueError(f"adapter has weights for {unknown[0]}, which the engine does not adapt")
     for name, layer in layers.items():
-        if name not in factors:
-            raise ValueError(f"adapter has no weights for {name}")
-        a, b = factors[name]
-        if a.shape[0] > layer.r:
-            raise ValueError(f"{name}: adapter rank {a.shape[0]} exceeds the engine's rank {layer.r}")
         with torch.no_grad():
-            layer.lora_A[group].zero_()[: a.shape[0]] = a / layer.scaling
-            layer.lora_B[group].zero_()[:, : b.shape[1]] = b
+            layer.lora_A[group].zero_()
+            layer.lora_B[group].zero_()
+            if name not in factors:
+                continue
+            a, b = factors[name]
+            if a.shape[0] > layer.r:
+                raise ValueError(f"{name}: adapter rank {a.shape[0]} exceeds the engine's rank {layer.r}")
+            layer.lora_A[group][: a.shape[0]] = a / layer.scaling
+            layer.lora_B[group][:, : b.shape[1]] = b
+
+
+def engine_shape(adapters: list[dict[str, tuple]]) -> tuple[set[str], int]:
+    """(target module names, rank) an engine needs to hold all of `adapters`."""
+    targets = {name.split(".")[-1] for factors in adapters for name in factors}
+    return targets, max(a.shape[0] for factors in adapters for a, _ in factors.values())
 
 
 class GroupLoraModule(AdaptationModule):

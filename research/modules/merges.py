@@ -29,7 +29,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
 from research.clustering import Clustering, ClusteringConfig, cluster_personas, log_clustering
-from research.modules.group_lora import GroupLoraModule, load_group
+from research.modules.group_lora import GroupLoraModule, engine_shape, load_group
 from research.sources import source_artifact
 
 Combination = Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd", "linear", "ties", "dare_ties"]
@@ -161,8 +161,7 @@ class MergeModule(GroupLoraModule):
         groups, plan = merge_plan(args, clustering, val_scores)
         mlflow.log_dict({name: dict(members) for name, members in plan.items()}, "merge_plan.json")
         merged = merge_adapters(model, adapters, plan, args)
-        rank = max(a.shape[0] for factors in merged.values() for a, _ in factors.values())
-        targets = {name.split(".")[-1] for factors in merged.values() for name in factors}
+        targets, rank = engine_shape(list(merged.values()))
         super().__init__(model, tokenizer, train, args, datamodule, groups, targets, rank, rank, 0.0)
         for g, name in enumerate(self.group_names):
             load_group(self.layers, g, merged[name])

@@ -1,0 +1,125 @@
+"""Selective routing: each persona to the method that served it best on validation,
+unified when no candidate beats unified by more than `margin`; evaluated on test like
+any method, its routed adapters in mixed batches. Its adapters export as one grouped
+model (groups.json), so it registers and promotes like any other.
+
+A meta-classifier (scikit-learn logistic regression) then predicts, from what is
+known of a persona before any personalization (description embedding and behaviour
+statistics of its training dialogues), whether it benefits; scored by stratified
+cross-validation on held-out personas and logged with the fitted classifier, so a new
+user can be routed without validation data of their own. Only val scores steer it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from research.modules.group_lora import GroupLoraModule, engine_shape, load_group, read_adapter
+from research.sources import source_artifact
+
+
+@dataclass
+class SelectiveRoutingConfig:
+    # a unified_lora run id; empty: the latest finished one on the same dataset and base model
+    unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
+    # finished runs of any adapter method to route to (comma-separated run ids)
+    candidate_runs: tuple[str, ...] = field(default=(), metadata={"source_method": "*"})
+    metric: str = "embedding_similarity"  # val metric that decides
+    margin: float = 0.0  # a candidate must beat unified on val by more than this
+    meta_folds: int = 5
+    embedder: str = ""  # description embeddings for the meta-classifier; empty: bundled MiniLM
+
+
+def val_scores(run_id: str, metric: str) -> dict[str, float]:
+    table = pl.read_parquet(source_artifact(run_id, "per_persona.parquet")).filter(pl.col("split") == "val")
+    return dict(zip(table["persona_id"], table[metric], strict=True))
+
+
+def routing_proposal(scores: dict[str, dict[str, float]], unified: str, margin: float) -> dict[str, str]:
+    """persona -> the run whose val score is best, unless it beats `unified` by `margin` or less."""
+    proposal = {}
+    for persona, baseline in scores[unified].items():
+        best = max((run for run in scores if run != unified), key=lambda run: scores[run][persona])
+        proposal[persona] = best if scores[best][persona] > baseline + margin else unified
+    return proposal
+
+
+def meta_classifier(features: np.ndarray, benefits: np.ndarray, folds: int, seed: int = 0) -> tuple[dict, object]:
+    """(held-out metrics, classifier fitted on all personas) for `benefits` from `features`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+    minority = int(min(benefits.sum(), len(benefits) - benefits.sum()))
+    metrics = {
+        "meta/benefit_share": float(benefits.mean()),
+        "meta/majority_accuracy": float(max(benefits.mean(), 1 - benefits.mean())),
+    }
+    if minority < 2:  # nothing to learn: every persona is on the same side
+        return metrics, None
+    splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
+    held_out = cross_val_predict(classifier, features, benefits, cv=splitter)
+    metrics["meta/accuracy"] = float((held_out == benefits).mean())
+    metrics["meta/balanced_accuracy"] = float(balanced_accuracy_score(benefits, held_out))
+    return metrics, classifier.fit(features, benefits)
+
+
+class SelectiveRoutingModule(GroupLoraModule):
+    config_class = SelectiveRoutingConfig
+    trainable = False
+
+    def __init__(self, model, tokenizer, train, args: SelectiveRoutingConfig, datamodule) -> None:
+        import mlflow
+
+        runs = [args.unified_run, *args.candidate_runs]
+        methods = {run: mlflow.get_run(run).data.tags["method"] for run in runs}
+        scores = {run: val_scores(run, args.metric) for run in runs}
+        proposal = routing_proposal(scores, args.unified_run, args.margin)
+        directories = {run: source_artifact(run, "adapter") for run in set(proposal.values())}
+        groups, adapters = {}, {}
+        for persona, run in proposal.items():
+            served = directories[run] / "groups.json"
+            subdir = json.loads(served.read_text())[persona] if served.exists() else ""
+            groups[persona] = f"{methods[run]}-{run[:8]}-{subdir or 'shared'}"
+            adapters.setdefault(groups[persona], directories[run] / subdir)
+        factors = {name: read_adapter(path)[1] for name, path in adapters.items()}
+        targets, rank = engine_shape(list(factors.values()))
+        super().__init__(model, tokenizer, train, args, datamodule, groups, targets, rank, rank, 0.0)
+        for g, name in enumerate(self.group_names):
+            load_group(self.layers, g, factors[name])
+        self._log_proposal(proposal, scores, methods, datamodule, args)
+
+    def _log_proposal(self, proposal, scores, methods, datamodule, args) -> None:
+        import joblib
+        import mlflow
+
+        from research.clustering import behaviour_features, description_features
+
+        unified = args.unified_run
+        table = pl.DataFrame(
+            {
+                "persona_id": list(proposal),
+                "method": [methods[run] for run in proposal.values()],
+                "run_id": list(proposal.values()),
+                "val_gain": [scores[run][p] - scores[unified][p] for p, run in proposal.items()],
+            }
+        )
+        personas = datamodule.persona_ids
+        benefits = np.array([proposal[p] != unified for p in personas])
+        features = np.hstack([description_features(datamodule, args.embedder), behaviour_features(datamodule)])
+        metrics, classifier = meta_classifier(features, benefits, args.meta_folds)
+        mlflow.log_metrics({"routing/personalised_share": float(benefits.mean()), **metrics})
+        with tempfile.TemporaryDirectory() as tmp:
+            table.write_parquet(Path(tmp) / "routing_proposal.parquet")
+            if classifier is not None:
+                joblib.dump(classifier, Path(tmp) / "meta_classifier.joblib")
+            mlflow.log_artifacts(tmp)

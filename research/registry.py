@@ -1,0 +1,192 @@
+"""Registered adapters and the routing table the assistant answers through.
+
+- `register(run_id)`: the run's `adapter/` artifact becomes a version of the MLflow
+  registered model named after the method, tagged with the base model and dataset
+  fingerprints; alias `candidate` points at it (aliases, not stages).
+- `promote(model, version, personas)`: checks the version exists, was trained on this
+  base model, and serves every persona it is promoted for (one shared adapter, or the
+  persona's own in groups.json); then writes a new revision of the routing table and
+  records the promotion on the version (alias `champion`, tag `promoted.<revision>`).
+  A shared adapter promoted for `all` becomes the fallback, which unknown personas get.
+- The table is `routing/table.json`; every revision is also kept, never rewritten, as
+  `routing/history/<revision>.json`. Writes hold a file lock and replace the file
+  atomically, so concurrent promotions serialise and no reader sees half a table; a
+  checksum catches a table corrupted on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from research.config import ConfigError
+
+
+class RoutingError(ConfigError):
+    """A promotion or routing table that cannot be used; the message says why."""
+
+
+def _client(tracking_uri: str):
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.tracking.MlflowClient(tracking_uri)
+
+
+def register(tracking_uri: str, run_id: str, alias: str = "candidate"):
+    """A new version of the registered model named after the run's method."""
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise RoutingError(f"run {run_id} does not exist ({tracking_uri})") from err
+    if run.info.status != "FINISHED":
+        raise RoutingError(f"run {run_id} is {run.info.status}, only a FINISHED run can be registered")
+    if not client.list_artifacts(run_id, "adapter"):
+        raise RoutingError(f"run {run_id} ({run.data.tags.get('method')}) has no adapter to register")
+    name = run.data.tags["method"]
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"adapters of {name} runs (persona-lab)")
+    tags = {k: run.data.tags[k] for k in ("method", "dataset", "base_model", "base_fingerprint") if k in run.data.tags}
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/adapter", run_id=run_id, tags=tags)
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def adapter_dir(tracking_uri: str, model: str, version: str) -> Path:
+    client = _client(tracking_uri)
+    try:
+        found = client.get_model_version(model, str(version))
+    except MlflowException as err:
+        raise RoutingError(f"registered model {model} has no version {version}") from err
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=found.source))
+
+
+def served_personas(directory: Path) -> dict[str, str] | None:
+    """persona -> its adapter's subdirectory, or None for one adapter shared by everyone."""
+    groups = directory / "groups.json"
+    return json.loads(groups.read_text()) if groups.exists() else None
+
+
+# --- the routing table ------------------------------------------------------------
+
+
+def _checksum(table: dict) -> str:
+    body = {k: v for k, v in table.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def load_table(directory: str | Path) -> dict | None:
+    """The current routing table, None if nothing was promoted yet; a corrupted one is an error."""
+    path = Path(directory) / "table.json"
+    if not path.exists():
+        return None
+    try:
+        table = json.loads(path.read_text())
+        valid = isinstance(table, dict) and table.get("checksum") == _checksum(table)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RoutingError(f"{path} is corrupted ({err}); restore it with `research routing rollback`") from err
+    if not valid or not {"revision", "routes", "fallback", "base_fingerprint"} <= table.keys():
+        raise RoutingError(
+            f"{path} is corrupted (checksum or fields do not match); `research routing rollback` restores it"
+        )
+    return table
+
+
+def history(directory: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(directory) / "history").glob("*.json"))]
+
+
+@contextmanager
+def _locked(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write(directory: Path, table: dict) -> None:
+    """New revision: history file first, then the table, each replaced atomically."""
+    table["checksum"] = _checksum(table)
+    text = json.dumps(table, indent=1, sort_keys=True)
+    for path in (directory / "history" / f"{table['revision']:06d}.json", directory / "table.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".{os.getpid()}.partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+def _last_revision(directory: Path) -> int:
+    revisions = [int(p.stem) for p in (directory / "history").glob("*.json")]
+    return max(revisions, default=0)
+
+
+def promote(
+    tracking_uri: str, routing_dir: str | Path, model: str, version: str, personas: list[str] | str, base_fp: str
+) -> dict:
+    """Check, then write the routing table's next revision; all or nothing."""
+    directory = Path(routing_dir)
+    source = adapter_dir(tracking_uri, model, version)
+    client = _client(tracking_uri)
+    tags = client.get_model_version(model, str(version)).tags
+    if tags.get("base_fingerprint") != base_fp:
+        raise RoutingError(
+            f"{model} version {version} was trained on base model {tags.get('base_model')!r} "
+            f"({tags.get('base_fingerprint')}); the routing table serves base {base_fp}"
+        )
+    served = served_personas(source)
+    everyone = personas == "all"
+    wanted = (sorted(served) if served is not None else []) if everyone else list(personas)
+    if served is not None:
+        if missing := [p for p in wanted if p not in served]:
+            raise RoutingError(
+                f"{model} version {version} has no adapter for persona {missing[0]} ({len(missing)} such)"
+            )
+    with _locked(directory):
+        current = load_table(directory)
+        if current is not None and current["base_fingerprint"] != base_fp:
+            raise RoutingError(f"the routing table serves base {current['base_fingerprint']}, not {base_fp}")
+        table = current or {"routes": {}, "fallback": None, "base_fingerprint": base_fp}
+        table["revision"] = _last_revision(directory) + 1
+        entry = {"model": model, "version": str(version)}
+        if served is None and everyone:
+            table["fallback"] = {**entry, "adapter": ""}
+        else:
+            for persona in wanted:
+                table["routes"][persona] = {**entry, "adapter": served[persona] if served is not None else ""}
+        table["promotion"] = {
+            **entry,
+            "personas": "all" if everyone else list(personas),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        _write(directory, table)
+    client.set_registered_model_alias(model, "champion", str(version))
+    client.set_model_version_tag(model, str(version), f"promoted.{table['revision']}", json.dumps(table["promotion"]))
+    return table
+
+
+def rollback(routing_dir: str | Path, to_revision: int | None = None) -> dict:
+    """A new revision with the routes of `to_revision` (default: the one before the current)."""
+    directory = Path(routing_dir)
+    with _locked(directory):
+        revisions = {t["revision"]: t for t in history(directory)}
+        current = _last_revision(directory)
+        target = to_revision if to_revision is not None else current - 1
+        if target not in revisions:
+            raise RoutingError(f"no routing revision {target} to roll back to (have: {sorted(revisions) or 'none'})")
+        table = {k: v for k, v in revisions[target].items() if k != "checksum"}
+        table["revision"] = current + 1
+        table["promotion"] = {"rollback_to": target, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        _write(directory, table)
+    return table

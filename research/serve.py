@@ -1,0 +1,107 @@
+"""Answering through the routing table: `research chat` and `research predict`.
+
+Every adapter the table names (and its fallback) is loaded once into one group
+engine, and requests of different personas are answered together in mixed-adapter
+batches. A persona the table does not route gets the fallback and a warning.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from research.base_model import load_base
+from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
+from research.datamodules.persona import _chat_ids, conversation, prompt_batches, system_text
+from research.modules.base import greedy_generate
+from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
+from research.registry import RoutingError, adapter_dir, load_table
+
+REQUEST_FIELDS = ("persona_id", "time_of_day", "weather", "temperature_c", "day_of_week", "turns")
+
+
+def current_context(now: datetime | None = None) -> dict:
+    """Context for a live request: the time of day and weekday now; weather and temperature
+    are unknown to the assistant here, so neutral values stand in."""
+    now = now or datetime.now()
+    hour = now.hour
+    time_of_day = TIMES_OF_DAY[0 if 5 <= hour < 12 else 1 if 12 <= hour < 17 else 2 if 17 <= hour < 22 else 3]
+    return {
+        "time_of_day": time_of_day,
+        "weather": "cloudy",
+        "temperature_c": 20.0,
+        "day_of_week": DAYS_OF_WEEK[now.weekday()],
+    }
+
+
+class RoutedModel:
+    def __init__(self, base_model: str, tracking_uri: str, routing_dir: str | Path, max_new_tokens: int = 64):
+        table = load_table(routing_dir)
+        if table is None:
+            raise RoutingError(
+                f"{routing_dir}/table.json does not exist: promote a registered model first (research promote)"
+            )
+        self.tokenizer, self.model = load_base(base_model)
+        self.max_new_tokens = max_new_tokens
+        entries = [table["fallback"]] if table["fallback"] else []
+        entries += list(table["routes"].values())
+        keys = sorted({(e["model"], e["version"], e["adapter"]) for e in entries})
+        adapters = [read_adapter(adapter_dir(tracking_uri, m, v) / a)[1] for m, v, a in keys]
+        if not adapters:
+            raise RoutingError(f"{routing_dir}/table.json routes nobody and has no fallback")
+        targets, rank = engine_shape(adapters)
+        # group len(keys): no adapter at all, for unknown personas when there is no fallback
+        self.router, layers = inject(self.model, targets, len(keys) + 1, rank, rank, 0.0)
+        for group, factors in enumerate(adapters):
+            load_group(layers, group, factors)
+        load_group(layers, len(keys), {})
+        self.model.eval()
+        group = {key: g for g, key in enumerate(keys)}
+        self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
+        fallback = table["fallback"]
+        self.fallback = group[(fallback["model"], fallback["version"], "")] if fallback else len(keys)
+        self.revision = table["revision"]
+
+    def answer(self, requests: list[dict], batch_size: int = 64) -> list[str]:
+        """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
+        unknown = sorted({r["persona_id"] for r in requests} - self.group_of.keys())
+        if unknown:
+            print(f"warning: no route for {', '.join(unknown)}: answered with the fallback", file=sys.stderr)
+        prompts = [_chat_ids(self.tokenizer, conversation(r, system_text(r)), generation_prompt=True) for r in requests]
+        replies = [""] * len(requests)
+        for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
+            self.router.route(
+                torch.tensor([self.group_of.get(requests[i]["persona_id"], self.fallback) for i in index])
+            )
+            new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
+            for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                replies[i] = text.strip()
+        return replies
+
+
+def read_requests(path: str | Path) -> list[dict]:
+    """Requests from JSONL or Parquet: REQUEST_FIELDS, turns ending with a user turn."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
+    if missing := [f for f in REQUEST_FIELDS if f not in frame.columns]:
+        raise RoutingError(f"{path}: missing field {missing[0]} (each row needs {', '.join(REQUEST_FIELDS)})")
+    rows = frame.to_dicts()
+    for number, row in enumerate(rows, start=1):
+        turns = row["turns"]
+        if not turns or turns[-1].get("role") != "user":
+            raise RoutingError(f"{path}: row {number}, field turns: must end with a user turn")
+    return rows
+
+
+def write_predictions(path: str | Path, requests: list[dict], replies: list[str]) -> None:
+    path = Path(path)
+    frame = pl.DataFrame(requests).with_columns(prediction=pl.Series(replies, dtype=pl.String))
+    partial = path.with_name(path.name + ".partial")
+    frame.write_parquet(partial) if path.suffix == ".parquet" else frame.write_ndjson(partial)
+    partial.replace(path)

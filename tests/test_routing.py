@@ -1,0 +1,160 @@
+"""Registry, promotion and the routing table, and answering through it, on a real MLflow
+store and real PEFT adapters."""
+
+import json
+import multiprocessing
+
+import mlflow
+import pytest
+import torch
+from peft import PeftModel
+
+from research.base_model import base_fingerprint, load_base
+from research.config import load_config
+from research.datamodules.persona import _chat_ids, conversation, system_text
+from research.modules.base import greedy_generate
+from research.registry import RoutingError, history, load_table, promote, register, rollback
+from research.serve import RoutedModel, read_requests, write_predictions
+
+
+@pytest.fixture
+def store(source_runs):
+    experiment, runs = source_runs
+    cfg = load_config(None, experiment, "unified_lora")
+    return cfg, runs, base_fingerprint(cfg.base_model)
+
+
+def _versions(cfg, runs):
+    unified = register(cfg.tracking.uri, runs["unified_lora"])
+    per_persona = register(cfg.tracking.uri, runs["per_persona_lora"])
+    return str(unified.version), str(per_persona.version)
+
+
+def test_register_tags_the_version_and_marks_it_candidate(store):
+    cfg, runs, base_fp = store
+    version = register(cfg.tracking.uri, runs["per_persona_lora"])
+    client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
+    assert version.name == "per_persona_lora"
+    assert version.tags["base_fingerprint"] == base_fp and version.tags["dataset"]
+    assert client.get_model_version_by_alias("per_persona_lora", "candidate").version == version.version
+
+
+def test_register_refuses_an_unfinished_run(store):
+    cfg, _, _ = store
+    client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
+    run = client.create_run(mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id, tags={"method": "x"})
+    with pytest.raises(RoutingError, match="only a FINISHED run"):
+        register(cfg.tracking.uri, run.info.run_id)
+
+
+def test_promotions_write_revisions_that_roll_back(store, tmp_path):
+    cfg, runs, base_fp = store
+    unified, per_persona = _versions(cfg, runs)
+    first = promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", base_fp)
+    assert first["fallback"]["version"] == unified and first["routes"] == {}
+    second = promote(
+        cfg.tracking.uri, tmp_path, "per_persona_lora", per_persona, ["persona_000", "persona_001"], base_fp
+    )
+    assert second["routes"]["persona_001"] == {
+        "model": "per_persona_lora",
+        "version": per_persona,
+        "adapter": "persona_001",
+    }
+    assert load_table(tmp_path)["revision"] == 2 and [t["revision"] for t in history(tmp_path)] == [1, 2]
+    back = rollback(tmp_path)
+    assert back["revision"] == 3 and back["routes"] == {} and back["fallback"] == first["fallback"]
+    assert load_table(tmp_path) == back and len(history(tmp_path)) == 3
+    champion = mlflow.tracking.MlflowClient(cfg.tracking.uri).get_model_version_by_alias("per_persona_lora", "champion")
+    assert str(champion.version) == per_persona and "promoted.2" in champion.tags
+
+
+def test_refused_promotions_say_why_and_leave_the_table_alone(store, tmp_path):
+    cfg, runs, base_fp = store
+    unified, per_persona = _versions(cfg, runs)
+    promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", base_fp)
+    before = (tmp_path / "table.json").read_text()
+    with pytest.raises(RoutingError, match="has no version 999"):
+        promote(cfg.tracking.uri, tmp_path, "unified_lora", "999", "all", base_fp)
+    with pytest.raises(RoutingError, match="trained on base model"):
+        promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", "another-base")
+    with pytest.raises(RoutingError, match="no adapter for persona nobody"):
+        promote(cfg.tracking.uri, tmp_path, "per_persona_lora", per_persona, ["persona_000", "nobody"], base_fp)
+    assert (tmp_path / "table.json").read_text() == before and len(history(tmp_path)) == 1
+
+
+def test_a_corrupted_table_is_detected_on_load(store, tmp_path):
+    cfg, runs, base_fp = store
+    unified, _ = _versions(cfg, runs)
+    promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", base_fp)
+    table = json.loads((tmp_path / "table.json").read_text())
+    table["routes"]["persona_000"] = {"model": "x", "version": "1", "adapter": ""}  # edited by hand
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    with pytest.raises(RoutingError, match="corrupted"):
+        load_table(tmp_path)
+    (tmp_path / "table.json").write_text('{"revision": 1, "rou')
+    with pytest.raises(RoutingError, match="corrupted"):
+        load_table(tmp_path)
+
+
+def _promote_one(args):
+    return promote(*args)["revision"]
+
+
+def test_concurrent_promotions_serialise_into_whole_revisions(store, tmp_path):
+    cfg, runs, base_fp = store
+    _, per_persona = _versions(cfg, runs)
+    jobs = [
+        (cfg.tracking.uri, tmp_path, "per_persona_lora", per_persona, [f"persona_00{i}"], base_fp) for i in range(4)
+    ]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        revisions = pool.map(_promote_one, jobs)
+    assert sorted(revisions) == [1, 2, 3, 4]
+    assert sorted(load_table(tmp_path)["routes"]) == [f"persona_00{i}" for i in range(4)]
+
+
+def test_answers_go_through_each_personas_adapter_and_unknowns_get_the_fallback(store, tmp_path, capsys):
+    cfg, runs, base_fp = store
+    unified, per_persona = _versions(cfg, runs)
+    promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", base_fp)
+    promote(cfg.tracking.uri, tmp_path, "per_persona_lora", per_persona, ["persona_001"], base_fp)
+    context = {"time_of_day": "evening", "weather": "rainy", "temperature_c": 8.0, "day_of_week": "Friday"}
+    requests = [
+        {"persona_id": persona, **context, "turns": [{"role": "user", "text": "turn on the lights"}]}
+        for persona in ("persona_001", "stranger")
+    ]
+    model = RoutedModel(cfg.base_model, cfg.tracking.uri, tmp_path, max_new_tokens=12)
+    replies = model.answer(requests)
+    assert "no route for stranger" in capsys.readouterr().err
+
+    artifacts = mlflow.artifacts.download_artifacts(run_id=runs["per_persona_lora"], artifact_path="adapter")
+    unified_dir = mlflow.artifacts.download_artifacts(run_id=runs["unified_lora"], artifact_path="adapter")
+    for reply, request, adapter in zip(replies, requests, (f"{artifacts}/persona_001", unified_dir), strict=True):
+        tokenizer, base = load_base(cfg.base_model)
+        plain = PeftModel.from_pretrained(base, adapter).eval()
+        ids = _chat_ids(tokenizer, conversation(request, system_text(request)), generation_prompt=True)
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        expected = tokenizer.decode(greedy_generate(plain, tokenizer, batch, 12)[0], skip_special_tokens=True)
+        assert reply == expected.strip()
+
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in requests))
+    write_predictions(tmp_path / "out.jsonl", read_requests(path), replies)
+    assert [json.loads(line)["prediction"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == replies
+
+
+def test_predict_input_errors_name_the_row_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = {
+        "persona_id": "p",
+        "time_of_day": "morning",
+        "weather": "sunny",
+        "temperature_c": 20.0,
+        "day_of_week": "Monday",
+    }
+    rows = [
+        {**good, "turns": [{"role": "user", "text": "hi"}]},
+        {**good, "turns": [{"role": "assistant", "text": "hi"}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(RoutingError, match="row 2, field turns"):
+        read_requests(path)

@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run test lint format train sweep data base ui bench clean
+.PHONY: help setup run test lint format train sweep sweep-distributed-test promote data base ui bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -50,6 +50,12 @@ train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora A
 sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [STORAGE=URL] [ARGS=...]
 	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
+sweep-distributed-test: $(STAMP) ## 2 sweep workers on one study via a real PostgreSQL + MLflow server on 127.0.0.1
+	$(PY) -m pytest -q -m distributed
+
+promote: $(STAMP) ## route personas to a registered model: make promote MODEL=per_persona_lora VERSION=1 [PERSONAS=p1,p2|all]
+	$(PY) -m research.cli promote $(MODEL) $(VERSION) --personas $(or $(PERSONAS),all) $(ARGS)
+
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT) (one worker)
 	mkdir -p mlruns
 	.venv/bin/mlflow ui --backend-store-uri $(TRACKING) --host 127.0.0.1 --port $(PORT) --workers 1
@@ -57,6 +63,7 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT) (one worker)
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json
 	$(PY) bench/bench.py
 	$(PY) bench/many_adapters.py
+	$(PY) bench/sweep_overhead.py
 
 clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
 	rm -rf data models mlruns/mlflow.db mlruns/optuna.* mlruns/artifacts .pytest_cache

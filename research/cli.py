@@ -100,6 +100,8 @@ def cmd_sweep(args) -> None:
     if summary["best"] is not None:
         best = summary["best"]
         print(f"best trial {best.number}: {best.value:.4f} with {best.params} (run {summary['best_run_id']})")
+        if "registered" in summary:
+            print(f"registered as {summary['registered']} (alias candidate): make promote MODEL=... VERSION=...")
 
 
 def cmd_cluster(args) -> None:
@@ -174,6 +176,34 @@ def cmd_predict(args) -> None:
     model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
     write_predictions(args.output, requests, model.answer(requests, cfg.eval.batch_size))
     print(f"{len(requests)} replies through routing revision {model.revision} in {args.output}")
+
+
+def cmd_compare(args) -> None:
+    import mlflow
+    import polars as pl
+
+    from research.config import load_config
+    from research.report import compare, print_comparison
+    from research.sources import find_source
+    from research.tracking import experiment_id
+
+    cfg = load_config(None, args.overrides, "unified_lora")
+    experiment = experiment_id(cfg.tracking)
+
+    def table(run_id):
+        return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_persona.parquet"))
+
+    runs = [mlflow.get_run(run_id) for run_id in args.run_ids]
+    tags = runs[0].data.tags
+    baseline = args.against or find_source("unified_lora", "", tags, experiment, "against").info.run_id
+    rows = [
+        (
+            f"{run.data.tags['method']} ({run.info.run_id[:8]})",
+            compare(table(run.info.run_id), table(baseline), args.metric, args.split),
+        )
+        for run in runs
+    ]
+    print_comparison(rows, args.metric, args.split)
 
 
 def cmd_run(args) -> None:
@@ -307,6 +337,17 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--output", required=True, help="the requests with a prediction column (.jsonl or .parquet)")
     serving_overrides(predict)
     predict.set_defaults(func=cmd_predict)
+
+    compare = sub.add_parser(
+        "compare",
+        help="runs against unified per persona: share improved, paired t-test, bootstrap CI, min persona",
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    compare.add_argument("--against", help="baseline run (default: the latest finished unified_lora on the same data)")
+    compare.add_argument("--metric", default="embedding_similarity")
+    compare.add_argument("--split", default="test", choices=["val", "test"])
+    compare.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="tracking.uri=...")
+    compare.set_defaults(func=cmd_compare)
 
     methods = sub.add_parser("methods", help="list registered methods and their settings")
     methods.set_defaults(func=lambda _: _print_methods())

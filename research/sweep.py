@@ -4,7 +4,8 @@ One Optuna study per sweep, named after the method and a hash of its search spac
 overrides, so the same command resumes the same study. One parent MLflow run per
 study (tag `sweep`), one child run per trial (tags `method`, `study`, `trial`); when
 the sweep ends, the best trial's params (tags `best.<key>`), its metrics (`best/...`)
-and Optuna's plots go to the parent.
+and Optuna's plots go to the parent, and the best trial's adapter is registered
+(alias `candidate`).
 
 - Space, objective (a `val/` metric, never test), direction, trials, sampler and pruner
   come from `sweeps/<method>.yaml`; pruning runs through optuna-integration's Lightning
@@ -19,6 +20,7 @@ and Optuna's plots go to the parent.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -93,11 +95,13 @@ def open_storage(url: str):
     return url
 
 
-def _sampler(spec: SweepSpec):
+def _sampler(spec: SweepSpec, worker: int = 0):
+    """The YAML's sampler; each worker seeds its own, or parallel workers draw the same trials."""
     import optuna
 
     name = spec.sampler.get("name", "tpe")
     seed = spec.sampler.get("seed")
+    seed = None if seed is None else seed + worker
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if name not in samplers:
         raise ConfigError(f"sampler.name: {name!r} is not allowed (allowed: {', '.join(samplers)})")
@@ -125,6 +129,7 @@ class Sweep:
     name: str
     storage: str
     parent_run_id: str = ""
+    worker: int = 0
 
     def study(self):
         import optuna
@@ -132,7 +137,7 @@ class Sweep:
         return optuna.load_study(
             study_name=self.name,
             storage=open_storage(self.storage),
-            sampler=_sampler(self.spec),
+            sampler=_sampler(self.spec, self.worker),
             pruner=_pruner(self.spec),
         )
 
@@ -292,11 +297,21 @@ def run_sweep(
         sweep.work(remaining)
     elif remaining:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(sweep, n)) for n in shares if n]
+        processes = [
+            context.Process(target=_worker, args=(dataclasses.replace(sweep, worker=w), n))
+            for w, n in enumerate(shares)
+            if n
+        ]
         for process in processes:
             process.start()
         for process in processes:
             process.join()
     summary = _summarise(study, client, sweep.parent_run_id, spec)
+    if summary["best"] is not None and client.list_artifacts(summary["best_run_id"], "adapter"):
+        from research.registry import register
+
+        version = register(cfg.tracking.uri, summary["best_run_id"])  # alias candidate
+        client.set_tag(sweep.parent_run_id, "registered", f"{version.name}/{version.version}")
+        summary["registered"] = f"{version.name} version {version.version}"
     client.set_terminated(sweep.parent_run_id, "FINISHED")
     return {"study": name, "parent_run_id": sweep.parent_run_id, **summary}

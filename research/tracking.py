@@ -21,6 +21,8 @@ def experiment_id(cfg: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
         return experiment.experiment_id
+    if cfg.uri.startswith(("http://", "https://")):  # a tracking server stores artifacts itself (proxied)
+        return mlflow.create_experiment(cfg.experiment)
     location = Path(cfg.artifacts).resolve().as_uri() if "://" not in cfg.artifacts else cfg.artifacts
     return mlflow.create_experiment(cfg.experiment, artifact_location=location)
 

@@ -46,6 +46,8 @@ def test_sweep_logs_a_parent_and_one_child_per_trial_with_the_best_on_the_parent
     assert parent.data.tags["best_run_id"] == best.user_attrs["run_id"]
     assert parent.data.metrics["best/val/embedding_similarity"] == pytest.approx(best.value)
     assert {f"best.{k}" for k in best.params} <= set(parent.data.tags)
+    registered = client.get_model_version_by_alias("unified_lora", "candidate")
+    assert registered.run_id == best.user_attrs["run_id"] and parent.data.tags["registered"].startswith("unified_lora/")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials/complete"] == 2
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/optimization_history.png" in plots

@@ -100,6 +100,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-05" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -38,3 +38,9 @@ def test_bad_keys_and_values_name_what_is_allowed(overrides, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("nowhere.yaml")
+
+
+def test_exponent_without_a_dot_is_a_number():
+    from research.config import load_config
+
+    assert load_config(None, ["train.lr=5e-05"], "unified_lora").train.lr == 5e-05  # as Optuna prints it

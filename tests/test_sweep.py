@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from research.config import ConfigError, load_config
+from research.modules import METHODS
 from research.sweep import default_storage, load_spec, open_storage, run_sweep, study_name
 from research.tracking import experiment_id
 
@@ -116,3 +117,11 @@ def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_one
     assert "interrupted" in interrupted[0].data.tags["error"]
     untouched = client.get_run(first.info.run_id)
     assert untouched.info.status == "FINISHED" and untouched.data.metrics == first.data.metrics
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_has_a_sweep_space_of_valid_config_keys(method):
+    spec = load_spec(method)
+    for key, param in spec.space.items():
+        for value in param["choices"] if param["type"] == "categorical" else (param["low"], param["high"]):
+            load_config(None, [f"{key}={value}"], method)  # raises ConfigError naming a bad key or value

@@ -155,10 +155,6 @@ class Sweep:
         tags = {"study": self.name, "trial": str(trial.number)}
         result = train_and_evaluate(cfg, self.parent_run_id, tags, callbacks)
         trial.set_user_attr("run_id", result.run_id)
-        trial.set_user_attr(
-            "overhead_fraction",
-            1 - (result.seconds["time/fit_s"] + result.seconds["time/eval_s"]) / result.seconds["time/total_s"],
-        )
         if self.spec.objective not in result.metrics:
             raise ConfigError(
                 f"objective {self.spec.objective} is not a logged metric (have: {', '.join(result.metrics)})"
@@ -211,7 +207,7 @@ def _parent_run(client, experiment: str, sweep: Sweep) -> str:
     return run.info.run_id
 
 
-def _summarise(study, client, parent: str, spec: SweepSpec) -> dict:
+def _summarise(study, client, parent: str) -> dict:
     """Best trial's params and metrics, and Optuna's plots, onto the parent run."""
     import matplotlib
 
@@ -306,7 +302,7 @@ def run_sweep(
             process.start()
         for process in processes:
             process.join()
-    summary = _summarise(study, client, sweep.parent_run_id, spec)
+    summary = _summarise(study, client, sweep.parent_run_id)
     if summary["best"] is not None and client.list_artifacts(summary["best_run_id"], "adapter"):
         from research.registry import register
 

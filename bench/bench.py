@@ -12,14 +12,13 @@ Every figure printed is also written to bench/results.json (name -> number).
 from __future__ import annotations
 
 import bisect
-import json
 import sys
 import time
 from itertools import accumulate
-from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from record import record  # bench/ is on the path when a script here runs
 from transformers import get_linear_schedule_with_warmup
 
 from research.base_model import load_base
@@ -33,7 +32,6 @@ from research.train import make_trainer
 TRAIN_STEPS = 60
 EVAL_TURNS = 512
 REPEATS = 2  # alternate the two sides and keep each side's best, so drift hits both
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def lora_module(cfg, datamodule):
@@ -149,11 +147,7 @@ def main() -> None:
     print(f"  project path      {results['eval_turns_per_s']:8.1f} turns/s")
     print(f"  plain loop        {results['eval_turns_per_s_plain_loop']:8.1f} turns/s")
     print(f"  eval_vs_plain_loop = {results['eval_vs_plain_loop']:.3f}")
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(
-        json.dumps(previous | {k: round(v, 4) for k, v in results.items()}, indent=2, sort_keys=True) + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    record(results)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,16 @@ Every figure printed is also written to bench/results.json.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
+
+from record import record  # bench/ is on the path when a script here runs
 
 NAIVE_SAMPLE = 6  # personas trained the naive way; the time is scaled to all personas
 REPEATS = 2
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def _setup(overrides, method):
@@ -144,11 +143,7 @@ def main() -> None:
         f"peak RSS while training: unified {results['unified_train_peak_rss_mb']:.0f} MB, "
         f"{personas} adapters {results['per_persona_train_peak_rss_mb']:.0f} MB"
     )
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(
-        json.dumps(previous | {k: round(v, 4) for k, v in results.items()}, indent=2, sort_keys=True) + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    record(results)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ bench/results.json with the other figures printed.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
+from record import record  # bench/ is on the path when a script here runs
+
 TRIALS = 3
-RESULTS = Path(__file__).with_name("results.json")
 SPEC = """objective: val/embedding_similarity
 direction: maximize
 trials: {trials}
@@ -57,11 +57,7 @@ def main() -> None:
         "sweep_trial_overhead_fraction": sum(fractions[1:]) / len(fractions[1:]),
     }
     print(f"sweep_trial_overhead_fraction = {results['sweep_trial_overhead_fraction']:.3f} (target < 0.10)")
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(
-        json.dumps(previous | {k: round(v, 4) for k, v in results.items()}, indent=2, sort_keys=True) + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    record(results)
 
 
 if __name__ == "__main__":

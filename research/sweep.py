@@ -114,6 +114,9 @@ def _pruner(spec: SweepSpec):
     name = spec.pruner.get("name", "median")
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.get("startup_trials", 2)),
+        "threshold": lambda: optuna.pruners.ThresholdPruner(
+            lower=spec.pruner.get("lower"), upper=spec.pruner.get("upper")
+        ),
         "none": optuna.pruners.NopPruner,
     }
     if name not in pruners:

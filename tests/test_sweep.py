@@ -125,3 +125,18 @@ def test_every_method_has_a_sweep_space_of_valid_config_keys(method):
     for key, param in spec.space.items():
         for value in param["choices"] if param["type"] == "categorical" else (param["low"], param["high"]):
             load_config(None, [f"{key}={value}"], method)  # raises ConfigError naming a bad key or value
+
+
+def test_a_pruned_trial_shows_as_pruned_in_optuna_and_mlflow(experiment, tmp_path):
+    spec = tmp_path / "prune.yaml"  # similarity never exceeds 1: pruned at the first validation epoch
+    spec.write_text(
+        "pruner: {name: threshold, lower: 1.5}\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 2.0e-4}\n"
+    )
+    overrides = [*experiment, *FAST, "train.max_epochs=3"]
+    summary = run_sweep("unified_lora", overrides, trials=1, spec_path=spec)
+    assert summary["states"]["PRUNED"] == 1
+    client, exp = _client(experiment)
+    (run,) = client.search_runs([exp], f"tags.study = '{summary['study']}' and tags.trial = '0'")
+    assert run.info.status == "KILLED" and "pruned" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "val/embedding_similarity")
+    assert len(history) == 1  # scored on generated val replies during fit, then stopped

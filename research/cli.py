@@ -362,7 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both methods' configs")
     run.set_defaults(func=cmd_run)
 
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow options (`promote M V --routing DIR tracking.uri=...`),
+    # which argparse leaves over once a positional list has matched
+    args, extra = parser.parse_known_args(argv)
+    if extra and all("=" in e and not e.startswith("-") for e in extra) and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from research.config import ConfigError
     from research.data.schema import DataError
 

@@ -64,13 +64,15 @@ class RoutedModel:
         self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
         fallback = table["fallback"]
         self.fallback = group[(fallback["model"], fallback["version"], "")] if fallback else len(keys)
+        self.has_fallback = bool(fallback)
         self.revision = table["revision"]
 
     def answer(self, requests: list[dict], batch_size: int = 64) -> list[str]:
         """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
         unknown = sorted({r["persona_id"] for r in requests} - self.group_of.keys())
         if unknown:
-            print(f"warning: no route for {', '.join(unknown)}: answered with the fallback", file=sys.stderr)
+            by = "the fallback" if self.has_fallback else "the base model alone (the table has no fallback)"
+            print(f"warning: no route for {', '.join(unknown)}: answered by {by}", file=sys.stderr)
         prompts = [_chat_ids(self.tokenizer, conversation(r, system_text(r)), generation_prompt=True) for r in requests]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):

@@ -32,3 +32,18 @@ def test_print_config_resolves_everything():
     out = _research("train", "--method", "unified_lora", "--print-config", "method_args.r=2")
     assert out.returncode == 0, out.stderr
     assert "method: unified_lora" in out.stdout and "r: 2" in out.stdout
+
+
+def test_overrides_may_follow_options_and_refusals_say_why(tmp_path):
+    out = _research(
+        "promote",
+        "unified_lora",
+        "7",
+        "--routing",
+        str(tmp_path / "routing"),
+        f"tracking.uri=sqlite:///{tmp_path}/m.db",
+    )
+    assert out.returncode == 2 and "registered model unified_lora has no version 7" in out.stderr
+    assert not (tmp_path / "routing" / "table.json").exists()
+    out = _research("routing", "show", "--routing", str(tmp_path / "routing"), "--bogus")
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr

@@ -59,7 +59,8 @@ class RoutedModel:
         for group, factors in enumerate(adapters):
             load_group(layers, group, factors)
         load_group(layers, len(keys), {})
-        self.model.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
         group = {key: g for g, key in enumerate(keys)}
         self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
         fallback = table["fallback"]
@@ -76,9 +77,9 @@ class RoutedModel:
         prompts = [_chat_ids(self.tokenizer, conversation(r, system_text(r)), generation_prompt=True) for r in requests]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
-            self.router.route(
-                torch.tensor([self.group_of.get(requests[i]["persona_id"], self.fallback) for i in index])
-            )
+            groups = [self.group_of.get(requests[i]["persona_id"], self.fallback) for i in index]
+            self.router.route(torch.tensor(groups, device=self.device))
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 replies[i] = text.strip()

@@ -18,9 +18,11 @@ scores come from the source run's val split, never test.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+import mlflow
 import numpy as np
 import polars as pl
 import torch
@@ -142,10 +144,6 @@ class MergeModule(GroupLoraModule):
     trainable = False
 
     def __init__(self, model, tokenizer, train, args: MergeConfig, datamodule) -> None:
-        import json
-
-        import mlflow
-
         source = source_artifact(args.source_run, "adapter")
         persona_dirs = json.loads((source / "groups.json").read_text())
         adapters = {persona: source / directory for persona, directory in persona_dirs.items()}

@@ -17,9 +17,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import joblib
+import mlflow
 import numpy as np
 import polars as pl
 
+from research.clustering import behaviour_features, description_features
 from research.modules.group_lora import GroupLoraModule, engine_shape, load_group, read_adapter
 from research.sources import source_artifact
 
@@ -78,8 +81,6 @@ class SelectiveRoutingModule(GroupLoraModule):
     trainable = False
 
     def __init__(self, model, tokenizer, train, args: SelectiveRoutingConfig, datamodule) -> None:
-        import mlflow
-
         runs = [args.unified_run, *args.candidate_runs]
         methods = {run: mlflow.get_run(run).data.tags["method"] for run in runs}
         scores = {run: val_scores(run, args.metric) for run in runs}
@@ -99,11 +100,6 @@ class SelectiveRoutingModule(GroupLoraModule):
         self._log_proposal(proposal, scores, methods, datamodule, args)
 
     def _log_proposal(self, proposal, scores, methods, datamodule, args) -> None:
-        import joblib
-        import mlflow
-
-        from research.clustering import behaviour_features, description_features
-
         unified = args.unified_run
         table = pl.DataFrame(
             {

@@ -11,7 +11,7 @@ from peft import PeftModel
 
 from research.base_model import base_fingerprint, load_base
 from research.config import load_config
-from research.datamodules.persona import _chat_ids, conversation, system_text
+from research.datamodules.persona import chat_ids, conversation, system_text
 from research.modules.base import greedy_generate
 from research.registry import RoutingError, history, load_table, promote, register, rollback
 from research.serve import RoutedModel, read_requests, write_predictions
@@ -131,7 +131,7 @@ def test_answers_go_through_each_personas_adapter_and_unknowns_get_the_fallback(
     for reply, request, adapter in zip(replies, requests, (f"{artifacts}/persona_001", unified_dir), strict=True):
         tokenizer, base = load_base(cfg.base_model)
         plain = PeftModel.from_pretrained(base, adapter).eval()
-        ids = _chat_ids(tokenizer, conversation(request, system_text(request)), generation_prompt=True)
+        ids = chat_ids(tokenizer, conversation(request, system_text(request)), generation_prompt=True)
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         expected = tokenizer.decode(greedy_generate(plain, tokenizer, batch, 12)[0], skip_special_tokens=True)
         assert reply == expected.strip()

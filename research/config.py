@@ -26,7 +26,8 @@ class DataConfig:
     dir: str = "data/personas"  # a dataset directory (research data generate, or your own)
     val_fraction: float = 1 / 6  # per persona, time-ordered: 30 dialogues -> 20/5/5
     test_fraction: float = 1 / 6
-    oracle_preferences: bool = False  # ablation: the persona's preferences in the system turn
+    user_name: bool = True  # the account holder's name in the system turn, as a real assistant knows it
+    oracle_preferences: bool = False  # ablation: the persona's true preferences in the system turn
     max_length: int = 256  # tokens per dialogue
     cache_dir: str = "data/cache"  # tokenized data, reused across runs
 

@@ -39,7 +39,7 @@ def print_results(results, split: str = "test", headroom: dict | None = None) ->
     table = _table(f"{split} metrics (mean over personas)")
     for result in results:
         table.add_row(
-            f"{result.method} ({result.run_id[:8]})", *(f"{result.metrics[f'{split}/{m}']:.3f}" for m in METRICS)
+            f"{result.name} ({result.run_id[:8]})", *(f"{result.metrics[f'{split}/{m}']:.3f}" for m in METRICS)
         )
     if headroom:
         for name in ("true_preferences", "population_average"):

@@ -1,6 +1,15 @@
-"""The main job (`make run`): data if missing, base model if missing, then
-no_adaptation and unified_lora trained, evaluated on test, logged to MLflow and
-compared in one table with the simulator's oracle headroom."""
+"""The main job (`make run`) and the instrument check (`research instrument`).
+
+The main job: data if missing, base model if missing, then no_adaptation, unified_lora
+and the instrument (below) trained, evaluated on test, logged to MLflow and printed in
+one table next to the simulator's anchors.
+
+The instrument: a comparison of methods means something only if the base model uses
+what its prompt says. `unified_lora` with the persona's true preferences written in
+every prompt (train and test) is that check: it must come close to the simulator's
+true-preferences anchor. Its MLflow run is tagged `instrument=told_preferences`, so
+reports can show it as the reference row.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,10 @@ from pathlib import Path
 
 from research.config import load_config
 
-MAIN_METHODS = ("no_adaptation", "unified_lora")
+INSTRUMENT_TAG = {"instrument": "told_preferences"}
+# the told model must reach this share of the true-preferences anchor on these metrics
+INSTRUMENT_BAR = 0.9
+INSTRUMENT_METRICS = ("param_f1", "numerical_precision")
 
 
 def ensure_data_and_base(cfg) -> None:
@@ -27,16 +39,55 @@ def ensure_data_and_base(cfg) -> None:
         pretrain_from_dataset(data_dir.parent / "neutral", base_dir, BaseConfig())
 
 
-def main_job(overrides: list[str] = ()) -> list:
+def instrument_warnings(told: dict[str, float], headroom: dict | None, split: str = "test") -> list[str]:
+    """What is wrong with the instrument, if anything: the told model far below the anchor."""
+    if not headroom:
+        return ["no simulator anchors for this dataset (meta.json has no oracle_headroom): the instrument is unchecked"]
+    warnings = []
+    for metric in INSTRUMENT_METRICS:
+        anchor, value = headroom["true_preferences"][metric], told[f"{split}/{metric}"]
+        if value < INSTRUMENT_BAR * anchor:
+            warnings.append(
+                f"{metric} {value:.3f} told the true preferences, against {anchor:.3f} for replies that use them "
+                f"(bar: {INSTRUMENT_BAR:.0%} of it)"
+            )
+    return warnings
+
+
+def print_instrument_verdict(warnings: list[str]) -> None:
+    from rich.console import Console
+
+    console = Console(width=140, stderr=True)
+    if not warnings:
+        console.print(
+            f"[green]instrument ok[/green]: told the preferences, unified_lora reaches {INSTRUMENT_BAR:.0%} "
+            f"of the true-preferences anchor on {', '.join(INSTRUMENT_METRICS)}"
+        )
+        return
+    console.print("[bold red]WARNING: the instrument does not read its prompt.[/bold red]")
+    for line in warnings:
+        console.print(f"  - {line}")
+    console.print(
+        "  A model that ignores what it is told cannot show what any method gains from context; "
+        "fix the base model or the prompts before comparing methods."
+    )
+
+
+def main_job(overrides: list[str] = (), methods: tuple[str, ...] = ("no_adaptation", "unified_lora")) -> list:
+    """Train and evaluate `methods` and the instrument; print them with the anchors."""
     from research.report import print_results
     from research.train import train_and_evaluate
 
-    configs = [load_config(None, overrides, method) for method in MAIN_METHODS]
-    ensure_data_and_base(configs[0])
+    configs = [(load_config(None, overrides, method), None) for method in methods]
+    told = load_config(None, [*overrides, "data.oracle_preferences=true"], "unified_lora")
+    configs.append((told, "unified_lora told preferences"))
+    ensure_data_and_base(told)
     results = []
-    for cfg in configs:
-        print(f"{cfg.method}: train and evaluate")
-        results.append(train_and_evaluate(cfg))
-    meta = json.loads((Path(configs[0].data.dir) / "meta.json").read_text())
+    for cfg, name in configs:
+        print(f"{name or cfg.method}: train and evaluate")
+        tags = INSTRUMENT_TAG if name else None
+        results.append(train_and_evaluate(cfg, tags=tags, run_name=name))
+    meta = json.loads((Path(told.data.dir) / "meta.json").read_text())
     print_results(results, "test", meta.get("oracle_headroom"))
+    print_instrument_verdict(instrument_warnings(results[-1].metrics, meta.get("oracle_headroom")))
     return results

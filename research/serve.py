@@ -16,7 +16,8 @@ import torch
 
 from research.base_model import load_base
 from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
-from research.datamodules.persona import chat_ids, conversation, prompt_batches, system_text
+from research.datamodules.persona import chat_ids, prompt_batches
+from research.datamodules.prompts import conversation, system_text
 from research.modules.base import greedy_generate
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
 from research.registry import RoutingError, adapter_dir, load_table
@@ -74,7 +75,10 @@ class RoutedModel:
         if unknown:
             by = "the fallback" if self.has_fallback else "the base model alone (the table has no fallback)"
             print(f"warning: no route for {', '.join(unknown)}: answered by {by}", file=sys.stderr)
-        prompts = [chat_ids(self.tokenizer, conversation(r, system_text(r)), generation_prompt=True) for r in requests]
+        prompts = [
+            chat_ids(self.tokenizer, conversation(r, system_text(r, name=r.get("name"))), generation_prompt=True)
+            for r in requests
+        ]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
             groups = [self.group_of.get(requests[i]["persona_id"], self.fallback) for i in index]

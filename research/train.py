@@ -35,7 +35,7 @@ from research.tracking import RunLogger, experiment_id, tracked_run
 @dataclass
 class RunResult:
     run_id: str
-    method: str
+    name: str  # the run's name: the method's, or what sets it apart ("unified_lora told preferences")
     metrics: dict[str, float]  # "val/embedding_similarity", "test/param_f1", ...
     per_persona: pl.DataFrame  # split, persona_id, every metric
     seconds: dict[str, float]  # time/setup_s, time/fit_s, time/eval_s, time/total_s
@@ -115,7 +115,11 @@ def base_copy(name_or_path: str):
 
 
 def train_and_evaluate(
-    cfg: ExperimentConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None, callbacks=()
+    cfg: ExperimentConfig,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks=(),
+    run_name: str | None = None,
 ) -> RunResult:
     """One MLflow run of `cfg.method` (a child of `parent_run_id` in a sweep); `callbacks`
     join the Trainer's (a sweep's pruning)."""
@@ -133,7 +137,7 @@ def train_and_evaluate(
         "base_fingerprint": base_fingerprint(cfg.base_model),
     }
     resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
-    with tracked_run(cfg.tracking, cfg.method, tags, flatten(to_dict(cfg)), parent_run_id) as run:
+    with tracked_run(cfg.tracking, run_name or cfg.method, tags, flatten(to_dict(cfg)), parent_run_id) as run:
         module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, datamodule)
         fit_started = time.perf_counter()
         if module.trainable:
@@ -163,4 +167,4 @@ def train_and_evaluate(
             module.save_adapter(out / "adapter")
             mlflow.log_artifacts(tmp)
         seconds["time/total_s"] = time.perf_counter() - started
-    return RunResult(run.info.run_id, cfg.method, metrics, per_persona_table, seconds)
+    return RunResult(run.info.run_id, run_name or cfg.method, metrics, per_persona_table, seconds)

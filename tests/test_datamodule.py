@@ -62,3 +62,64 @@ def test_cache_is_reused_and_keyed_by_settings(data_root, base_dir, tmp_path):
     oracle, tokenizer = _datamodule(data_root, base_dir, tmp_path, oracle_preferences=True)
     assert oracle.cache_path != dm.cache_path
     assert "User preferences: brightness" in tokenizer.decode(oracle.examples["train"][0]["input_ids"])
+
+
+def _old_system_text(dialogue: dict) -> str:
+    """The system turn before the context hook and the user's name (pinned, not imported)."""
+    return (
+        f"Context: {dialogue['time_of_day']}, {dialogue['weather']}, "
+        f"{dialogue['temperature_c']:.0f}°C, {dialogue['day_of_week']}."
+    )
+
+
+def test_default_prompt_names_the_user_and_without_it_is_the_old_prompt_token_for_token(data_root, base_dir, tmp_path):
+    import polars as pl
+
+    from research.datamodules.persona import encode_conversation
+    from research.datamodules.prompts import conversation
+
+    named, tokenizer = _datamodule(data_root, base_dir, tmp_path)
+    plain, _ = _datamodule(data_root, base_dir, tmp_path, user_name=False)
+    personas = pl.read_parquet(data_root / "personas" / "personas.parquet")
+    dialogues = pl.read_parquet(data_root / "personas" / "dialogues.parquet")
+    names = dict(zip(personas["persona_id"], personas["name"], strict=True))
+    rows = {row["dialogue_id"]: row for row in dialogues.iter_rows(named=True)}
+    for example in plain.examples["train"]:
+        ids, labels, _ = encode_conversation(
+            tokenizer, conversation(rows[example["dialogue_id"]], _old_system_text(rows[example["dialogue_id"]]))
+        )
+        assert example["input_ids"] == ids[:256] and example["labels"] == labels[:256]
+    example = named.examples["test"][0]
+    name = names[example["persona_id"]]
+    assert tokenizer.decode(example["turns"][0][0]).startswith(
+        f"<|im_start|>system\n{_old_system_text(rows[example['dialogue_id']])} User: {name}.<|im_end|>"
+    )
+
+
+class _TurnContext:
+    """A provider that tells each evaluated turn its own number (as retrieval would)."""
+
+    def system(self, dialogue, user, turn):
+        return f"Context: turn {turn}."
+
+    def fingerprint(self):
+        return "turn-context"
+
+
+def test_a_context_provider_shapes_training_and_each_eval_prompt_and_keys_the_cache(data_root, base_dir, tmp_path):
+    from research.config import DataConfig
+    from research.datamodules.persona import PersonaDataModule
+
+    tokenizer, _ = load_base(str(base_dir))
+    cfg = DataConfig(dir=str(data_root / "personas"), cache_dir=str(tmp_path / "cache"))
+    default = PersonaDataModule(cfg, tokenizer)
+    dm = PersonaDataModule(cfg, tokenizer, context=_TurnContext())
+    assert dm.cache_path != default.cache_path
+    dm.prepare_data()
+    dm.setup()
+    assert tokenizer.decode(dm.examples["train"][0]["input_ids"]).startswith("<|im_start|>system\nContext: turn None.")
+    turns = dm.eval_turns("val")
+    for row in turns.iter_rows(named=True):
+        prompt = tokenizer.decode(row["prompt_ids"])
+        assert prompt.startswith(f"<|im_start|>system\nContext: turn {row['turn']}.")
+        assert prompt.endswith("<|im_start|>assistant\n")

@@ -24,6 +24,16 @@ class SimulatorConfig:
     test_fraction: float = 1 / 6
 
 
+# What a prompt tells the assistant about the user (research/datamodules/prompts.py).
+PROMPT_NOTE = {
+    "system_turn": "context (time of day, weather, temperature, weekday) and the user's name",
+    "user_name": "in the system turn by default (data.user_name=true), as a real assistant knows its account "
+    "holder; the simulator's replies address the user by name in about half of the turns. Datasets made "
+    "before this note had prompts without the name.",
+    "oracle_preferences": "data.oracle_preferences=true adds the persona's true preferences (the instrument)",
+}
+
+
 def _frames(personas, dialogues) -> tuple[pl.DataFrame, pl.DataFrame]:
     persona_rows = [
         {
@@ -83,7 +93,12 @@ def generate(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "")
         dict(zip(ids, population, strict=True)),
         embedder,
     )
-    write_dataset(out / "personas", persona_df, dialogue_df, {"simulator": asdict(cfg), "oracle_headroom": headroom})
+    write_dataset(
+        out / "personas",
+        persona_df,
+        dialogue_df,
+        {"simulator": asdict(cfg), "oracle_headroom": headroom, "prompt": PROMPT_NOTE},
+    )
     neutral = simulate(cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral")
     write_dataset(out / "neutral", *_frames(*neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"})
     return {"fingerprint": fingerprint(out / "personas"), "oracle_headroom": headroom}

@@ -22,25 +22,9 @@ from torch.utils.data import DataLoader
 
 from research.config import DataConfig
 from research.data.schema import assign_splits, fingerprint, load_dataset
+from research.datamodules.prompts import ContextProvider, ProfileContext, conversation
 
 CACHE_VERSION = 1  # bump when the encoding below changes
-
-
-def system_text(dialogue: dict, preferences: str | None = None) -> str:
-    text = (
-        f"Context: {dialogue['time_of_day']}, {dialogue['weather']}, "
-        f"{dialogue['temperature_c']:.0f}°C, {dialogue['day_of_week']}."
-    )
-    if preferences is not None:
-        prefs = json.loads(preferences)
-        text += " User preferences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(prefs.items())) + "."
-    return text
-
-
-def conversation(dialogue: dict, system: str) -> list[dict]:
-    return [{"role": "system", "content": system}] + [
-        {"role": t["role"], "content": t["text"]} for t in dialogue["turns"]
-    ]
 
 
 def chat_ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
@@ -88,13 +72,26 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_context(cfg: DataConfig) -> ProfileContext:
+    """The prompts `cfg` asks for: the user's name unless data.user_name=false, and the
+    true preferences with data.oracle_preferences=true."""
+    return ProfileContext(user_name=cfg.user_name, preferences=cfg.oracle_preferences)
+
+
 class PersonaDataModule(L.LightningDataModule):
     def __init__(
-        self, cfg: DataConfig, tokenizer, batch_size: int = 8, seed: int = 0, group_of: dict[str, int] | None = None
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        batch_size: int = 8,
+        seed: int = 0,
+        group_of: dict[str, int] | None = None,
+        context: ContextProvider | None = None,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
         self.group_of = group_of
+        self.context = context or default_context(cfg)
         self.data_fingerprint = fingerprint(cfg.dir)
         key = json.dumps(
             [
@@ -103,7 +100,7 @@ class PersonaDataModule(L.LightningDataModule):
                 tokenizer_fingerprint(tokenizer),
                 cfg.val_fraction,
                 cfg.test_fraction,
-                cfg.oracle_preferences,
+                self.context.fingerprint(),
                 cfg.max_length,
             ],
         )
@@ -114,18 +111,18 @@ class PersonaDataModule(L.LightningDataModule):
             return
         personas, dialogues = load_dataset(self.cfg.dir)
         dialogues = assign_splits(dialogues, self.cfg.val_fraction, self.cfg.test_fraction)
-        preferences = dict(zip(personas["persona_id"], personas["preferences"], strict=True))
+        users = {user["persona_id"]: user for user in personas.iter_rows(named=True)}
         examples: dict[str, list] = {"train": [], "val": [], "test": []}
         for row in dialogues.iter_rows(named=True):
-            prefs = None
-            if self.cfg.oracle_preferences:
-                prefs = preferences[row["persona_id"]]
-                if prefs is None:
-                    raise ValueError(
-                        f"{self.cfg.dir}: persona {row['persona_id']} has no preferences for oracle_preferences"
-                    )
-            ids, labels, prompt_ends = encode_conversation(self.tokenizer, conversation(row, system_text(row, prefs)))
+            user = users[row["persona_id"]]
+            system = self.context.system(row, user, None)
+            ids, labels, prompt_ends = encode_conversation(self.tokenizer, conversation(row, system))
             replies = [t["text"] for t in row["turns"] if t["role"] == "assistant"]
+            prompts = [ids[:end] for end in prompt_ends]
+            for k in range(len(prompts)):  # a provider may tell a later turn something else
+                if (turn_system := self.context.system(row, user, k)) != system:
+                    turn_ids, _, turn_ends = encode_conversation(self.tokenizer, conversation(row, turn_system))
+                    prompts[k] = turn_ids[: turn_ends[k]]
             examples[row["split"]].append(
                 {
                     "persona_id": row["persona_id"],
@@ -134,8 +131,7 @@ class PersonaDataModule(L.LightningDataModule):
                     "labels": labels[: self.cfg.max_length],
                     # left-truncated prompts: the latest history matters most
                     "turns": [
-                        (ids[max(0, end - self.cfg.max_length) : end], ref)
-                        for end, ref in zip(prompt_ends, replies, strict=True)
+                        (prompt[-self.cfg.max_length :], ref) for prompt, ref in zip(prompts, replies, strict=True)
                     ],
                 }
             )

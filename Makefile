@@ -33,9 +33,10 @@ instrument: $(STAMP) ## unified_lora told the true preferences vs plain, next to
 test: $(STAMP) lint ## lint, then the test suite (what CI runs)
 	$(PY) -m pytest -q
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check; import-linter: the layers import one way (pyproject.toml)
 	.venv/bin/ruff check research tests bench
 	.venv/bin/ruff format --check research tests bench
+	.venv/bin/lint-imports
 
 format: $(STAMP) ## apply ruff fixes and formatting
 	.venv/bin/ruff check --fix research tests bench

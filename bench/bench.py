@@ -21,13 +21,12 @@ import torch
 from record import record  # bench/ is on the path when a script here runs
 from transformers import get_linear_schedule_with_warmup
 
-from research.base_model import load_base
-from research.config import load_config
 from research.datamodules.persona import PersonaDataModule
-from research.evaluate import autocast, generate_split
-from research.modules.unified_lora import UnifiedLoraModule
-from research.run import ensure_data_and_base
-from research.train import make_trainer
+from research.evaluation.generation import autocast, generate_split
+from research.models.base import load_base
+from research.recipes.experiment import load_config
+from research.recipes.run import ensure_data_and_base
+from research.recipes.train import build_module, make_trainer
 
 TRAIN_STEPS = 60
 EVAL_TURNS = 512
@@ -37,7 +36,7 @@ REPEATS = 2  # alternate the two sides and keep each side's best, so drift hits 
 def lora_module(cfg, datamodule):
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer, model = load_base(cfg.base_model)
-    return UnifiedLoraModule(model, tokenizer, cfg.train, cfg.method_args, datamodule)
+    return build_module(cfg, model, tokenizer, datamodule)[0]
 
 
 def tokens_in(batches) -> int:

@@ -24,6 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from record import record  # bench/ is on the path when a script here runs
 
+from research.recipes.train import build_module
+
 NAIVE_SAMPLE = 6  # personas trained the naive way; the time is scaled to all personas
 REPEATS = 2
 
@@ -31,10 +33,9 @@ REPEATS = 2
 def _setup(overrides, method):
     import lightning.pytorch as L
 
-    from research.base_model import load_base
-    from research.config import load_config
     from research.datamodules.persona import PersonaDataModule
-    from research.modules import METHODS
+    from research.models.base import load_base
+    from research.recipes.experiment import load_config
 
     cfg = load_config(None, [*overrides, "train.max_epochs=1"], method)
     L.seed_everything(cfg.seed, verbose=False)
@@ -42,7 +43,7 @@ def _setup(overrides, method):
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup()
-    return cfg, datamodule, METHODS[method](model, tokenizer, cfg.train, cfg.method_args, datamodule)
+    return cfg, datamodule, build_module(cfg, model, tokenizer, datamodule)[0]
 
 
 def _peak_mb() -> float:
@@ -51,7 +52,7 @@ def _peak_mb() -> float:
 
 def train_epoch(overrides, method) -> tuple[float, float]:
     """(seconds for one training epoch, peak RSS in MB) in this process."""
-    from research.train import make_trainer
+    from research.recipes.train import make_trainer
 
     cfg, datamodule, module = _setup(overrides, method)
     trainer = make_trainer(cfg, limit_val_batches=0, enable_progress_bar=False, callbacks=[])
@@ -65,9 +66,8 @@ def naive_train(overrides, sample: int) -> tuple[float, int]:
     the number of personas in the dataset."""
     import lightning.pytorch as L
 
-    from research.base_model import load_base
-    from research.modules.unified_lora import UnifiedLoraModule
-    from research.train import make_trainer
+    from research.models.base import load_base
+    from research.recipes.train import make_trainer
 
     cfg, datamodule, _ = _setup(overrides, "unified_lora")
     train = datamodule.examples["train"]
@@ -76,7 +76,7 @@ def naive_train(overrides, sample: int) -> tuple[float, int]:
         L.seed_everything(cfg.seed, verbose=False)
         tokenizer, model = load_base(cfg.base_model)
         datamodule.examples["train"] = [e for e in train if e["persona_id"] == persona]
-        module = UnifiedLoraModule(model, tokenizer, cfg.train, cfg.method_args, datamodule)
+        module = build_module(cfg, model, tokenizer, datamodule)[0]
         make_trainer(cfg, limit_val_batches=0, enable_progress_bar=False, callbacks=[]).fit(
             module, datamodule=datamodule
         )
@@ -85,7 +85,7 @@ def naive_train(overrides, sample: int) -> tuple[float, int]:
 
 def generate_test(overrides, method) -> tuple[float, int]:
     """(seconds to generate every test turn, turns) with freshly initialised adapters."""
-    from research.evaluate import generate_split
+    from research.evaluation.generation import generate_split
 
     cfg, datamodule, module = _setup(overrides, method)
     start = time.perf_counter()
@@ -99,8 +99,8 @@ def in_fresh_process(function, *args):
 
 
 def main() -> None:
-    from research.config import load_config
-    from research.run import ensure_data_and_base
+    from research.recipes.experiment import load_config
+    from research.recipes.run import ensure_data_and_base
 
     overrides = sys.argv[1:]
     ensure_data_and_base(load_config(None, overrides, "unified_lora"))

@@ -30,7 +30,7 @@ def main() -> None:
     import mlflow
     import optuna
 
-    from research.sweep import run_sweep
+    from research.recipes.sweep import run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.yaml"

@@ -32,11 +32,12 @@ def _dataclass_overrides(cls, overrides: list[str]):
 
 
 def cmd_data_generate(args) -> None:
-    from research.data.generate import SimulatorConfig, generate
-    from research.report import print_headroom
+    from research.data.generate import SimulatorConfig
+    from research.recipes.data import generate_dataset
+    from research.recipes.tables import print_headroom
 
     cfg = _dataclass_overrides(SimulatorConfig, args.overrides)
-    summary = generate(cfg, args.out)
+    summary = generate_dataset(cfg, args.out)
     print(f"wrote {args.out}/personas ({cfg.personas} personas x {cfg.dialogues} dialogues) and {args.out}/neutral")
     print_headroom(summary["oracle_headroom"])
 
@@ -57,7 +58,7 @@ def cmd_data_import(args) -> None:
 
 
 def cmd_base(args) -> None:
-    from research.base_model import BaseConfig, pretrain_from_dataset
+    from research.models.base import BaseConfig, pretrain_from_dataset
     from research.models.gguf import PRESETS, convert_gguf, install_preset
 
     if args.from_preset:
@@ -80,9 +81,10 @@ def cmd_base(args) -> None:
 def cmd_train(args) -> None:
     import yaml
 
-    from research.config import load_config, to_dict
-    from research.report import print_results
-    from research.train import train_and_evaluate
+    from research.config import to_dict
+    from research.recipes.experiment import load_config
+    from research.recipes.tables import print_results
+    from research.recipes.train import train_and_evaluate
 
     cfg = load_config(args.config, args.overrides, args.method)
     if args.print_config:
@@ -93,7 +95,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from research.metrics import extract, score_turns
+    from research.evaluation.metrics import extract, score_turns
 
     row = score_turns([args.reference], [args.prediction], args.embedder or None).row(0, named=True)
     ref, pred = extract(args.reference), extract(args.prediction)
@@ -105,7 +107,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from research.sweep import run_sweep
+    from research.recipes.sweep import run_sweep
 
     summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec)
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items() if n)
@@ -118,10 +120,10 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_cluster(args) -> None:
-    from research.base_model import load_base
-    from research.clustering import ClusteringConfig, cluster_personas, plot
-    from research.config import DataConfig, build, parse_overrides
+    from research.config import ClusteringConfig, DataConfig, build, parse_overrides
     from research.datamodules.persona import PersonaDataModule
+    from research.evaluation.clustering import cluster_personas, plot
+    from research.models.base import load_base
 
     values = parse_overrides(args.overrides)
     data = build(DataConfig, values.pop("data", {}), "data")
@@ -135,21 +137,21 @@ def cmd_cluster(args) -> None:
 
 
 def _serving_config(args):
-    from research.config import load_config
+    from research.recipes.experiment import load_config
 
     return load_config(None, args.overrides, "unified_lora")  # tracking.*, base_model, eval.* apply
 
 
 def cmd_register(args) -> None:
-    from research.registry import register
+    from research.tracking.registry import register
 
     version = register(_serving_config(args).tracking.uri, args.run_id, args.alias)
     print(f"registered {version.name} version {version.version} (alias {args.alias}) from run {args.run_id}")
 
 
 def cmd_promote(args) -> None:
-    from research.base_model import base_fingerprint
-    from research.registry import promote
+    from research.models.base import base_fingerprint
+    from research.tracking.registry import promote
 
     cfg = _serving_config(args)
     personas = "all" if args.personas == "all" else [p for p in args.personas.split(",") if p]
@@ -160,7 +162,7 @@ def cmd_promote(args) -> None:
 
 
 def cmd_routing(args) -> None:
-    from research.registry import history, load_table, rollback
+    from research.tracking.registry import history, load_table, rollback
 
     if args.action == "show":
         print(json.dumps(load_table(args.routing), indent=1, sort_keys=True))
@@ -173,7 +175,7 @@ def cmd_routing(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from research.serve import RoutedModel, current_context
+    from research.recipes.serve import RoutedModel, current_context
 
     cfg = _serving_config(args)
     model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
@@ -182,7 +184,7 @@ def cmd_chat(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from research.serve import RoutedModel, read_requests, write_predictions
+    from research.recipes.serve import RoutedModel, read_requests, write_predictions
 
     cfg = _serving_config(args)
     requests = read_requests(args.input)
@@ -195,10 +197,10 @@ def cmd_compare(args) -> None:
     import mlflow
     import polars as pl
 
-    from research.config import load_config
-    from research.report import compare, print_comparison
-    from research.sources import find_source
-    from research.tracking import experiment_id
+    from research.recipes.experiment import load_config
+    from research.recipes.tables import compare, print_comparison
+    from research.tracking.runs import experiment_id
+    from research.tracking.sources import find_source
 
     cfg = load_config(None, args.overrides, "unified_lora")
     experiment = experiment_id(cfg.tracking)
@@ -220,13 +222,13 @@ def cmd_compare(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from research.run import main_job
+    from research.recipes.run import main_job
 
     main_job(args.overrides)
 
 
 def cmd_instrument(args) -> None:
-    from research.run import main_job
+    from research.recipes.run import main_job
 
     main_job(args.overrides, methods=("unified_lora",))
 
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--out", required=True, help="dataset directory to write")
     imp.set_defaults(func=cmd_data_import)
 
-    from research.base_model import BaseConfig
+    from research.models.base import BaseConfig
 
     base = sub.add_parser(
         "base",

@@ -11,7 +11,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -58,6 +57,19 @@ class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"
     experiment: str = "persona-lab"
     artifacts: str = "mlruns/artifacts"  # artifact root for experiments this project creates
+
+
+@dataclass
+class ClusteringConfig:
+    algorithm: Literal["kmeans", "agglomerative", "dbscan"] = "kmeans"
+    features: Literal["behaviour", "description"] = "behaviour"
+    k: int = 0  # clusters (kmeans, agglomerative); 0: the k in [k_min, k_max] with the best silhouette
+    k_min: int = 2
+    k_max: int = 12
+    eps: float = 0.3  # DBSCAN: neighbourhood radius in cosine distance
+    min_samples: int = 3  # DBSCAN: core point size; noise points form a cluster of their own
+    embedder: str = ""  # description features: sentence-transformers name or path; empty: bundled MiniLM
+    seed: int = 0
 
 
 @dataclass
@@ -148,36 +160,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def load_config(
-    path: str | Path | None = None, overrides: list[str] = (), method: str | None = None
-) -> ExperimentConfig:
-    from research.modules import METHODS
-
-    values: dict = {}
-    if path:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    if method:
-        values["method"] = method
-    values = _merge(values, parse_overrides(list(overrides)))
-    name = values.get("method", ExperimentConfig.method)
-    if name not in METHODS:
-        raise ConfigError(f"method: {name!r} is not registered (allowed: {', '.join(sorted(METHODS))})")
-    method_args = values.pop("method_args", None) or {}
-    cfg = build(ExperimentConfig, values)
-    cfg.method_args = build(METHODS[name].config_class, method_args, "method_args")
-    return cfg
 
 
 def to_dict(cfg) -> dict:

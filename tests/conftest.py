@@ -23,16 +23,17 @@ TINY_BASE = dict(
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    from research.data.generate import SimulatorConfig, generate
+    from research.data.generate import SimulatorConfig
+    from research.recipes.data import generate_dataset
 
     root = tmp_path_factory.mktemp("data")
-    generate(SimulatorConfig(personas=6, dialogues=6, neutral_personas=12, neutral_dialogues=6), root)
+    generate_dataset(SimulatorConfig(personas=6, dialogues=6, neutral_personas=12, neutral_dialogues=6), root)
     return root
 
 
 @pytest.fixture(scope="session")
 def base_dir(data_root, tmp_path_factory):
-    from research.base_model import BaseConfig, pretrain_from_dataset
+    from research.models.base import BaseConfig, pretrain_from_dataset
 
     out = tmp_path_factory.mktemp("models") / "base"
     pretrain_from_dataset(data_root / "neutral", out, BaseConfig(**TINY_BASE))
@@ -64,8 +65,8 @@ def experiment(data_root, base_dir, tmp_path):
 def source_runs(data_root, base_dir, tmp_path_factory):
     """One store holding a finished unified_lora and per_persona_lora run, for the methods
     built on them (hybrid, constrained, merges): (overrides, {method: run id})."""
-    from research.config import load_config
-    from research.train import train_and_evaluate
+    from research.recipes.experiment import load_config
+    from research.recipes.train import train_and_evaluate
 
     experiment = overrides(data_root, base_dir, tmp_path_factory.mktemp("store"))
     runs = {

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from research.base_model import load_base
+from research.models.base import load_base
 
 
 def test_base_loads_through_auto_classes(base_dir):

@@ -1,6 +1,7 @@
 import pytest
 
-from research.config import ConfigError, load_config
+from research.config import ConfigError
+from research.recipes.experiment import load_config
 
 
 def test_defaults_are_the_study_settings():
@@ -41,6 +42,6 @@ def test_missing_config_file():
 
 
 def test_exponent_without_a_dot_is_a_number():
-    from research.config import load_config
+    from research.recipes.experiment import load_config
 
     assert load_config(None, ["train.lr=5e-05"], "unified_lora").train.lr == 5e-05  # as Optuna prints it

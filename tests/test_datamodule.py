@@ -1,6 +1,6 @@
-from research.base_model import load_base
 from research.config import DataConfig
 from research.datamodules.persona import PersonaDataModule
+from research.models.base import load_base
 
 
 def _datamodule(data_root, base_dir, tmp_path, **kwargs):

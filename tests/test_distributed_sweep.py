@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from research.sweep import run_sweep
+from research.recipes.sweep import run_sweep
 
 pytestmark = pytest.mark.distributed
 PG_BIN = Path("/usr/lib/postgresql")

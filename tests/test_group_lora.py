@@ -5,13 +5,14 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from research.base_model import load_base
-from research.clustering import ClusteringConfig, cluster_personas
-from research.config import load_config
+from research.config import ClusteringConfig
 from research.datamodules.persona import PersonaDataModule
+from research.evaluation.clustering import cluster_personas
+from research.models.base import load_base
 from research.modules.group_lora import read_adapter
 from research.modules.merges import MergeConfig, _normalised, merge_adapters, merge_plan
-from research.modules.per_persona_lora import PerPersonaLoraModule
+from research.recipes.experiment import load_config
+from research.recipes.train import build_module
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def _rows_of(datamodule, personas, n=2):
 
 def test_mixed_batch_rows_match_each_persona_adapter_reloaded_in_plain_peft(setup, tmp_path):
     cfg, model, dm = setup
-    module = PerPersonaLoraModule(model, dm.tokenizer, cfg.train, cfg.method_args, dm).eval()
+    module = build_module(cfg, model, dm.tokenizer, dm)[0].eval()
     _randomise(module)
     personas = dm.persona_ids[:3]
     batch = _rows_of(dm, personas, n=1)
@@ -62,7 +63,7 @@ def test_mixed_batch_rows_match_each_persona_adapter_reloaded_in_plain_peft(setu
 
 def test_a_step_on_persona_a_leaves_persona_b_untouched_despite_adamw_state(setup):
     cfg, model, dm = setup
-    module = PerPersonaLoraModule(model, dm.tokenizer, cfg.train, cfg.method_args, dm).train()
+    module = build_module(cfg, model, dm.tokenizer, dm)[0].train()
     a, b = dm.persona_ids[:2]
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
 
@@ -86,7 +87,7 @@ def test_a_group_without_training_dialogues_is_an_error(setup):
     cfg, model, dm = setup
     dm.examples["train"] = [e for e in dm.examples["train"] if e["persona_id"] != dm.persona_ids[0]]
     with pytest.raises(ValueError, match=f"group {dm.persona_ids[0]} has no training dialogues"):
-        PerPersonaLoraModule(model, dm.tokenizer, cfg.train, cfg.method_args, dm)
+        build_module(cfg, model, dm.tokenizer, dm)[0]
 
 
 @pytest.mark.parametrize("algorithm", ["kmeans", "agglomerative", "dbscan"])
@@ -111,7 +112,7 @@ def test_behaviour_features_ignore_test_dialogues(setup):
 
 
 def test_moe_plan_takes_the_k_nearest_in_the_cluster_with_cosine_weights():
-    from research.clustering import Clustering
+    from research.evaluation.clustering import Clustering
 
     features = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     clustering = Clustering(["p0", "p1", "p2", "p3", "p4"], np.array([0, 0, 0, 0, 1]), features, 0.0)

@@ -1,6 +1,6 @@
 import pytest
 
-from research.metrics import extract, overall, per_persona, score_turns, structured_scores
+from research.evaluation.metrics import extract, overall, per_persona, score_turns, structured_scores
 
 
 def test_study_worked_example():

@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from research.report import compare
+from research.recipes.tables import compare
 
 
 def _table(scores, split="test"):

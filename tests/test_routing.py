@@ -9,13 +9,13 @@ import pytest
 import torch
 from peft import PeftModel
 
-from research.base_model import base_fingerprint, load_base
-from research.config import load_config
 from research.datamodules.persona import chat_ids
 from research.datamodules.prompts import conversation, system_text
+from research.models.base import base_fingerprint, load_base
 from research.modules.base import greedy_generate
-from research.registry import RoutingError, history, load_table, promote, register, rollback
-from research.serve import RoutedModel, read_requests, write_predictions
+from research.recipes.experiment import load_config
+from research.recipes.serve import RoutedModel, read_requests, write_predictions
+from research.tracking.registry import RoutingError, history, load_table, promote, register, rollback
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import statistics
 from dataclasses import asdict
 
 from research.data.simulator import simulate
-from research.metrics import extract
+from research.evaluation.metrics import extract
 
 
 def test_same_seed_same_data_other_seed_other_data():

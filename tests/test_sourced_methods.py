@@ -6,12 +6,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from research.base_model import load_base
-from research.config import load_config
 from research.datamodules.persona import PersonaDataModule
-from research.modules.constrained_lora import ConstrainedLoraModule
-from research.sources import SourceError
-from research.train import train_and_evaluate
+from research.models.base import load_base
+from research.recipes.experiment import load_config
+from research.recipes.train import build_module, train_and_evaluate
+from research.tracking.sources import SourceError
 
 
 def _module(experiment, method, *extra):
@@ -20,7 +19,7 @@ def _module(experiment, method, *extra):
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size)
     datamodule.prepare_data()
     datamodule.setup()
-    return cfg, datamodule, ConstrainedLoraModule(model, tokenizer, cfg.train, cfg.method_args, datamodule)
+    return cfg, datamodule, build_module(cfg, model, tokenizer, datamodule)[0]
 
 
 def _runs(cfg, method):

@@ -12,10 +12,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from research.config import ConfigError, load_config
+from research.config import ConfigError
 from research.modules import METHODS
-from research.sweep import default_storage, load_spec, open_storage, run_sweep, study_name
-from research.tracking import experiment_id
+from research.recipes.experiment import load_config
+from research.recipes.sweep import default_storage, load_spec, open_storage, run_sweep, study_name
+from research.tracking.runs import experiment_id
 
 FAST = ["train.max_epochs=1", "eval.splits=val"]
 
@@ -67,7 +68,7 @@ def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experimen
 
 
 def test_a_sweep_objective_must_be_a_val_metric(tmp_path):
-    from research.sweep import SWEEPS_DIR
+    from research.recipes.sweep import SWEEPS_DIR
 
     assert load_spec("unified_lora", SWEEPS_DIR / "unified_lora.yaml").objective.startswith("val/")
     bad = tmp_path / "bad.yaml"

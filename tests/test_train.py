@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from research.config import load_config
-from research.metrics import METRICS
+from research.evaluation.metrics import METRICS
 from research.modules import METHODS
-from research.train import train_and_evaluate
+from research.recipes.experiment import load_config
+from research.recipes.train import build_module, train_and_evaluate
 
 
 def _client(cfg):
@@ -57,17 +57,16 @@ def test_every_method_logs_a_finished_run(method, experiment, source_runs):
 def test_unified_lora_adapter_reloads_in_plain_peft_with_identical_logits(experiment, tmp_path):
     from peft import PeftModel
 
-    from research.base_model import load_base
     from research.datamodules.persona import PersonaDataModule
-    from research.modules.unified_lora import UnifiedLoraModule
-    from research.train import fit
+    from research.models.base import load_base
+    from research.recipes.train import fit
 
     cfg = load_config(None, experiment, "unified_lora")
     tokenizer, model = load_base(cfg.base_model)
     dm = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size)
     dm.prepare_data()
     dm.setup()
-    module = UnifiedLoraModule(model, tokenizer, cfg.train, cfg.method_args, dm)
+    module = build_module(cfg, model, tokenizer, dm)[0]
     fit(module, dm, cfg, run_id=None)
     module.save_adapter(tmp_path / "adapter")
     assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}

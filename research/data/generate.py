@@ -4,6 +4,7 @@ and the oracle headroom printed and saved in meta.json."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import polars as pl
 
 from research.data.schema import DIALOGUE_SCHEMA, PERSONA_SCHEMA, assign_splits, fingerprint, write_dataset
 from research.data.simulator import NAMES, PET_PHRASES, simulate
+
+# persona_id, reference, prediction -> metric -> mean over personas (the evaluation layer's
+# scorer, passed in: data sits below evaluation)
+Scorer = Callable[[pl.DataFrame], dict[str, float]]
 
 
 @dataclass
@@ -53,11 +58,9 @@ def vocabulary_lines() -> list[str]:
     return [f"Of course, {name}. Thanks, {name}!" for name in NAMES] + [f"Sure, {p}. Okay, {p}!" for p in PET_PHRASES]
 
 
-def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, embedder: str = "") -> dict:
+def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, score: Scorer) -> dict:
     """Scores on the test split of replying with the persona's true preferences versus the
     population-average ones (both re-worded, so phrasing noise is in both)."""
-    from research.evaluate import score
-
     test = dialogues.filter(pl.col("split") == "test")
     rows = []
     for row in test.iter_rows(named=True):
@@ -75,14 +78,15 @@ def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, emb
     result = {}
     for name, column in (("true_preferences", "oracle"), ("population_average", "average")):
         predictions = frame.select("persona_id", "reference", pl.col(column).alias("prediction"))
-        result[name] = score(predictions, embedder)[2]
+        result[name] = score(predictions)
     result["headroom"] = {
         m: result["true_preferences"][m] - result["population_average"][m] for m in result["true_preferences"]
     }
     return result
 
 
-def generate(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "") -> dict:
+def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer) -> dict:
+    """Write OUT/personas (with the oracle headroom, scored by `score`, in meta.json) and OUT/neutral."""
     out = Path(out)
     personas, dialogues, oracle, population = simulate(cfg.personas, cfg.dialogues, cfg.seed)
     persona_df, dialogue_df = _frames(personas, dialogues)
@@ -91,7 +95,7 @@ def generate(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "")
         assign_splits(dialogue_df, cfg.val_fraction, cfg.test_fraction),
         dict(zip(ids, oracle, strict=True)),
         dict(zip(ids, population, strict=True)),
-        embedder,
+        score,
     )
     write_dataset(
         out / "personas",

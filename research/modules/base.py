@@ -1,19 +1,75 @@
-"""What every method shares: the assistant-token LM loss, AdamW with linear warmup
-and decay, greedy batched generation with the KV cache, and adapter export.
+"""The method contract, and what every method shares: the assistant-token LM loss, AdamW
+with linear warmup and decay, greedy batched generation with the KV cache.
 
-A method file holds only what makes it different (how it wraps the base model,
-extra loss terms, how a batch picks its adapter).
+A method is an `AdaptationModule` subclass with
+  config_class      its settings (`method_args`), a dataclass; a field whose metadata has
+                    `source_method` names a run the method builds on (a source)
+  needs(args)       what it asks the recipe for: an adapter per persona or per cluster,
+                    a clustering, persona features, a context provider for its prompts
+  __init__(model, tokenizer, train, args, provided)
+                    builds layers from what the recipe `provided` (resolved sources with
+                    their artifacts on disk, groups, clustering, features); nothing else:
+                    no MLflow, no writes into the datamodule, no edits of `args`
+  group_of          persona -> adapter index when it owns an adapter per group (the
+                    recipe routes batches with it)
+  trainable         False: evaluated as built, no fit
+  adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT), "lora+context"
+  outputs()         metrics and artifacts it made while being built, for the recipe to log
+A method file holds only what makes it different (how it wraps the base model, extra
+loss terms, how a batch picks its adapter).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from research.config import TrainConfig
+from research.config import ClusteringConfig, TrainConfig
+from research.datamodules.prompts import ContextProvider
+
+
+@dataclass(frozen=True)
+class Needs:
+    groups: Literal["persona", "cluster"] | None = None  # an adapter per persona / per cluster
+    clustering: ClusteringConfig | None = None  # personas clustered (cluster groups, merge neighbourhoods)
+    persona_features: str | None = None  # description (this embedder; "" = bundled) + behaviour features
+    context: ContextProvider | None = None  # the method's own prompts; None: the data config's
+
+
+@dataclass(frozen=True)
+class Source:
+    """A finished run a method builds on, checked by the recipe, its artifacts on disk."""
+
+    run_id: str
+    method: str
+    artifacts: Path
+
+
+@dataclass
+class Provided:
+    persona_ids: list[str]
+    trained_personas: set[str]  # personas with training dialogues
+    sources: dict[str, list[Source]] = field(default_factory=dict)  # config field -> its runs
+    groups: dict[str, str] | None = None  # persona -> group name (needs.groups)
+    clustering: Any = None  # research.evaluation.clustering.Clustering (needs.clustering)
+    persona_features: np.ndarray | None = None  # one row per persona_ids (needs.persona_features)
+
+    def source(self, name: str) -> Source:
+        return self.sources[name][0]
+
+
+def source_fields(config_class) -> dict[str, str]:
+    """Config field -> the method its runs must be ("*": any), from field metadata."""
+    return {
+        f.name: f.metadata["source_method"] for f in dataclasses.fields(config_class) if "source_method" in f.metadata
+    }
 
 
 @torch.no_grad()
@@ -34,10 +90,21 @@ def greedy_generate(model, tokenizer, batch: dict, max_new_tokens: int) -> torch
 class AdaptationModule(L.LightningModule):
     config_class: type  # the method's own config dataclass (its `method_args`)
     trainable = True  # False: evaluate the model as built, no fit
+    adapter_kind = "none"
+    group_of: dict[str, int] | None = None
 
-    def __init__(self, model, tokenizer, train: TrainConfig, args) -> None:
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs()
+
+    def __init__(self, model, tokenizer, train: TrainConfig, args, provided: Provided | None = None) -> None:
         super().__init__()
         self.model, self.tokenizer, self.train_cfg, self.args = model, tokenizer, train, args
+
+    def outputs(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """(metrics, artifacts) for the recipe to log; an artifact maps a relative path to a
+        dict (JSON), a polars DataFrame (Parquet) or bytes."""
+        return {}, {}
 
     def on_fit_start(self) -> None:
         self.train()  # from_pretrained leaves the model in eval mode: no dropout otherwise
@@ -68,6 +135,5 @@ class AdaptationModule(L.LightningModule):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
 
-    def save_adapter(self, directory: Path) -> bool:
-        """Write the method's adapter(s) in PEFT format; False when there is none."""
-        return False
+    def save_adapter(self, directory: Path) -> None:
+        """Write the method's adapter(s) (`adapter_kind`) into `directory`."""

@@ -4,7 +4,8 @@ persona -> cluster map, 2-D plot) is logged with the run."""
 
 from dataclasses import dataclass, field
 
-from research.clustering import ClusteringConfig, cluster_personas, log_clustering
+from research.config import ClusteringConfig
+from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule
 from research.modules.unified_lora import UnifiedLoraConfig
 
@@ -17,10 +18,20 @@ class ClusterLoraConfig(UnifiedLoraConfig):
 class ClusterLoraModule(GroupLoraModule):
     config_class = ClusterLoraConfig
 
-    def __init__(self, model, tokenizer, train, args: ClusterLoraConfig, datamodule) -> None:
-        clustering = cluster_personas(args.clustering, datamodule)
-        log_clustering(clustering, args.clustering)
-        groups = clustering.groups()
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs(groups="cluster", clustering=args.clustering)
+
+    def __init__(self, model, tokenizer, train, args: ClusterLoraConfig, provided) -> None:
         super().__init__(
-            model, tokenizer, train, args, datamodule, groups, args.target_modules, args.r, args.alpha, args.dropout
+            model,
+            tokenizer,
+            train,
+            args,
+            provided,
+            provided.groups,
+            args.target_modules,
+            args.r,
+            args.alpha,
+            args.dropout,
         )

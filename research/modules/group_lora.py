@@ -22,7 +22,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from research.modules.base import AdaptationModule
+from research.modules.base import AdaptationModule, Provided
 
 PEFT_PREFIX = "base_model.model."  # how PEFT names a module's weights in adapter_model.safetensors
 
@@ -175,18 +175,23 @@ class GroupLoraModule(AdaptationModule):
     """Base of every method that owns an adapter per group. `groups` maps each persona to
     its group's name; a subclass decides the grouping and what the model starts from."""
 
-    def __init__(self, model, tokenizer, train, args, datamodule, groups: dict[str, str], targets, r, alpha, dropout):
+    adapter_kind = "lora"
+
+    def __init__(
+        self, model, tokenizer, train, args, provided: Provided, groups: dict[str, str], targets, r, alpha, dropout
+    ):
         self.group_names = sorted(set(groups.values()))
         index = {name: i for i, name in enumerate(self.group_names)}
-        datamodule.group_of = {persona: index[group] for persona, group in groups.items()}
-        trained = {groups[ex["persona_id"]] for ex in datamodule.examples["train"]}
-        if empty := [g for g in self.group_names if g not in trained]:
-            raise ValueError(f"group {empty[0]} has no training dialogues ({len(empty)} such groups)")
+        if self.trainable:
+            trained = {groups[p] for p in provided.trained_personas}
+            if empty := [g for g in self.group_names if g not in trained]:
+                raise ValueError(f"group {empty[0]} has no training dialogues ({len(empty)} such groups)")
         self.persona_groups = groups
         model.requires_grad_(False)
         self.base_name = model.name_or_path
         self.router, self.layers = inject(model, targets, len(self.group_names), r, alpha, dropout)
-        super().__init__(model, tokenizer, train, args)
+        super().__init__(model, tokenizer, train, args, provided)
+        self.group_of = {persona: index[group] for persona, group in groups.items()}
 
     def model_step(self, batch: dict) -> torch.Tensor:
         self.router.route(batch["group_idx"])
@@ -200,9 +205,8 @@ class GroupLoraModule(AdaptationModule):
         """A frozen adapter the groups sit on (see export_group); None for the plain base."""
         return None
 
-    def save_adapter(self, directory: Path) -> bool:
+    def save_adapter(self, directory: Path) -> None:
         """One PEFT directory per group, and groups.json: persona -> group directory."""
         for g, name in enumerate(self.group_names):
             export_group(self.layers, g, directory / name, self.base_name, self.adapter_below())
         (directory / "groups.json").write_text(json.dumps(self.persona_groups, indent=1, sort_keys=True))
-        return True

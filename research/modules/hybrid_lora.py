@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from peft import PeftModel
 
+from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule, read_adapter
 from research.modules.unified_lora import UnifiedLoraConfig
-from research.sources import source_artifact
 
 
 @dataclass
@@ -20,13 +20,25 @@ class HybridLoraConfig(UnifiedLoraConfig):
 class HybridLoraModule(GroupLoraModule):
     config_class = HybridLoraConfig
 
-    def __init__(self, model, tokenizer, train, args: HybridLoraConfig, datamodule) -> None:
-        unified = source_artifact(args.unified_run, "adapter")
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs(groups="persona")
+
+    def __init__(self, model, tokenizer, train, args: HybridLoraConfig, provided) -> None:
+        unified = provided.source("unified_run").artifacts / "adapter"
         _, self.unified = read_adapter(unified)
         model = PeftModel.from_pretrained(model, unified).merge_and_unload()
-        groups = {persona: persona for persona in datamodule.persona_ids}
         super().__init__(
-            model, tokenizer, train, args, datamodule, groups, args.target_modules, args.r, args.alpha, args.dropout
+            model,
+            tokenizer,
+            train,
+            args,
+            provided,
+            provided.groups,
+            args.target_modules,
+            args.r,
+            args.alpha,
+            args.dropout,
         )
 
     def adapter_below(self) -> dict:

@@ -22,7 +22,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-import mlflow
 import numpy as np
 import polars as pl
 import torch
@@ -30,9 +29,9 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
-from research.clustering import Clustering, ClusteringConfig, cluster_personas, log_clustering
+from research.config import ClusteringConfig
+from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule, engine_shape, load_group
-from research.sources import source_artifact
 
 Combination = Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd", "linear", "ties", "dare_ties"]
 
@@ -78,7 +77,7 @@ class SvdMergeConfig(MergeConfig):
 
 
 def merge_plan(
-    args: MergeConfig, clustering: Clustering, val_scores: dict[str, float] | None = None
+    args: MergeConfig, clustering, val_scores: dict[str, float] | None = None
 ) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
     """(persona -> merged adapter name, merged adapter name -> [(source persona, weight)])."""
     ids, features, labels = clustering.persona_ids, clustering.features, clustering.labels
@@ -143,26 +142,30 @@ class MergeModule(GroupLoraModule):
     config_class = MergeConfig
     trainable = False
 
-    def __init__(self, model, tokenizer, train, args: MergeConfig, datamodule) -> None:
-        source = source_artifact(args.source_run, "adapter")
-        persona_dirs = json.loads((source / "groups.json").read_text())
-        adapters = {persona: source / directory for persona, directory in persona_dirs.items()}
-        if missing := sorted(set(datamodule.persona_ids) - adapters.keys()):
-            raise ValueError(f"source run {args.source_run} has no adapter for persona {missing[0]}")
-        clustering = cluster_personas(args.clustering, datamodule)
-        log_clustering(clustering, args.clustering)
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs(clustering=args.clustering)
+
+    def __init__(self, model, tokenizer, train, args: MergeConfig, provided) -> None:
+        source = provided.source("source_run")
+        persona_dirs = json.loads((source.artifacts / "adapter" / "groups.json").read_text())
+        adapters = {persona: source.artifacts / "adapter" / directory for persona, directory in persona_dirs.items()}
+        if missing := sorted(set(provided.persona_ids) - adapters.keys()):
+            raise ValueError(f"source run {source.run_id} has no adapter for persona {missing[0]}")
         val_scores = None
         if args.weighting == "val_x_centrality":
-            table = pl.read_parquet(source_artifact(args.source_run, "per_persona.parquet"))
+            table = pl.read_parquet(source.artifacts / "per_persona.parquet")
             val = table.filter(pl.col("split") == "val")
             val_scores = dict(zip(val["persona_id"], val[args.val_metric], strict=True))
-        groups, plan = merge_plan(args, clustering, val_scores)
-        mlflow.log_dict({name: dict(members) for name, members in plan.items()}, "merge_plan.json")
-        merged = merge_adapters(model, adapters, plan, args)
+        groups, self.plan = merge_plan(args, provided.clustering, val_scores)
+        merged = merge_adapters(model, adapters, self.plan, args)
         targets, rank = engine_shape(list(merged.values()))
-        super().__init__(model, tokenizer, train, args, datamodule, groups, targets, rank, rank, 0.0)
+        super().__init__(model, tokenizer, train, args, provided, groups, targets, rank, rank, 0.0)
         for g, name in enumerate(self.group_names):
             load_group(self.layers, g, merged[name])
+
+    def outputs(self):
+        return {}, {"merge_plan.json": {name: dict(members) for name, members in self.plan.items()}}
 
 
 class MoeMergeModule(MergeModule):

@@ -14,6 +14,6 @@ class NoAdaptationModule(AdaptationModule):
     config_class = NoAdaptationConfig
     trainable = False
 
-    def __init__(self, model, tokenizer, train, args: NoAdaptationConfig, datamodule=None) -> None:
+    def __init__(self, model, tokenizer, train, args: NoAdaptationConfig, provided=None) -> None:
         super().__init__(model, tokenizer, train, args)
         self.model.requires_grad_(False)

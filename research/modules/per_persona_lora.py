@@ -7,6 +7,7 @@ Defaults are the unified ones, as in the study.
 
 from dataclasses import dataclass
 
+from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule
 from research.modules.unified_lora import UnifiedLoraConfig
 
@@ -19,8 +20,20 @@ class PerPersonaLoraConfig(UnifiedLoraConfig):
 class PerPersonaLoraModule(GroupLoraModule):
     config_class = PerPersonaLoraConfig
 
-    def __init__(self, model, tokenizer, train, args: PerPersonaLoraConfig, datamodule) -> None:
-        groups = {persona: persona for persona in datamodule.persona_ids}
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs(groups="persona")
+
+    def __init__(self, model, tokenizer, train, args: PerPersonaLoraConfig, provided) -> None:
         super().__init__(
-            model, tokenizer, train, args, datamodule, groups, args.target_modules, args.r, args.alpha, args.dropout
+            model,
+            tokenizer,
+            train,
+            args,
+            provided,
+            provided.groups,
+            args.target_modules,
+            args.r,
+            args.alpha,
+            args.dropout,
         )

@@ -12,19 +12,17 @@ user can be routed without validation data of their own. Only val scores steer i
 
 from __future__ import annotations
 
+import io
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
-import mlflow
 import numpy as np
 import polars as pl
 
-from research.clustering import behaviour_features, description_features
+from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule, engine_shape, load_group, read_adapter
-from research.sources import source_artifact
 
 
 @dataclass
@@ -39,8 +37,8 @@ class SelectiveRoutingConfig:
     embedder: str = ""  # description embeddings for the meta-classifier; empty: bundled MiniLM
 
 
-def val_scores(run_id: str, metric: str) -> dict[str, float]:
-    table = pl.read_parquet(source_artifact(run_id, "per_persona.parquet")).filter(pl.col("split") == "val")
+def val_scores(artifacts: Path, metric: str) -> dict[str, float]:
+    table = pl.read_parquet(artifacts / "per_persona.parquet").filter(pl.col("split") == "val")
     return dict(zip(table["persona_id"], table[metric], strict=True))
 
 
@@ -80,42 +78,43 @@ class SelectiveRoutingModule(GroupLoraModule):
     config_class = SelectiveRoutingConfig
     trainable = False
 
-    def __init__(self, model, tokenizer, train, args: SelectiveRoutingConfig, datamodule) -> None:
-        runs = [args.unified_run, *args.candidate_runs]
-        methods = {run: mlflow.get_run(run).data.tags["method"] for run in runs}
-        scores = {run: val_scores(run, args.metric) for run in runs}
-        proposal = routing_proposal(scores, args.unified_run, args.margin)
-        directories = {run: source_artifact(run, "adapter") for run in set(proposal.values())}
+    @classmethod
+    def needs(cls, args) -> Needs:
+        return Needs(persona_features=args.embedder)
+
+    def __init__(self, model, tokenizer, train, args: SelectiveRoutingConfig, provided) -> None:
+        sources = {s.run_id: s for s in provided.sources["unified_run"] + provided.sources["candidate_runs"]}
+        unified = provided.source("unified_run").run_id
+        scores = {run: val_scores(source.artifacts, args.metric) for run, source in sources.items()}
+        proposal = routing_proposal(scores, unified, args.margin)
         groups, adapters = {}, {}
         for persona, run in proposal.items():
-            served = directories[run] / "groups.json"
+            directory = sources[run].artifacts / "adapter"
+            served = directory / "groups.json"
             subdir = json.loads(served.read_text())[persona] if served.exists() else ""
-            groups[persona] = f"{methods[run]}-{run[:8]}-{subdir or 'shared'}"
-            adapters.setdefault(groups[persona], directories[run] / subdir)
+            groups[persona] = f"{sources[run].method}-{run[:8]}-{subdir or 'shared'}"
+            adapters.setdefault(groups[persona], directory / subdir)
         factors = {name: read_adapter(path)[1] for name, path in adapters.items()}
         targets, rank = engine_shape(list(factors.values()))
-        super().__init__(model, tokenizer, train, args, datamodule, groups, targets, rank, rank, 0.0)
+        super().__init__(model, tokenizer, train, args, provided, groups, targets, rank, rank, 0.0)
         for g, name in enumerate(self.group_names):
             load_group(self.layers, g, factors[name])
-        self._log_proposal(proposal, scores, methods, datamodule, args)
-
-    def _log_proposal(self, proposal, scores, methods, datamodule, args) -> None:
-        unified = args.unified_run
-        table = pl.DataFrame(
+        self.table = pl.DataFrame(
             {
                 "persona_id": list(proposal),
-                "method": [methods[run] for run in proposal.values()],
+                "method": [sources[run].method for run in proposal.values()],
                 "run_id": list(proposal.values()),
                 "val_gain": [scores[run][p] - scores[unified][p] for p, run in proposal.items()],
             }
         )
-        personas = datamodule.persona_ids
-        benefits = np.array([proposal[p] != unified for p in personas])
-        features = np.hstack([description_features(datamodule, args.embedder), behaviour_features(datamodule)])
-        metrics, classifier = meta_classifier(features, benefits, args.meta_folds)
-        mlflow.log_metrics({"routing/personalised_share": float(benefits.mean()), **metrics})
-        with tempfile.TemporaryDirectory() as tmp:
-            table.write_parquet(Path(tmp) / "routing_proposal.parquet")
-            if classifier is not None:
-                joblib.dump(classifier, Path(tmp) / "meta_classifier.joblib")
-            mlflow.log_artifacts(tmp)
+        benefits = np.array([proposal[p] != unified for p in provided.persona_ids])
+        self.meta_metrics, self.classifier = meta_classifier(provided.persona_features, benefits, args.meta_folds)
+        self.meta_metrics["routing/personalised_share"] = float(benefits.mean())
+
+    def outputs(self):
+        artifacts = {"routing_proposal.parquet": self.table}
+        if self.classifier is not None:
+            buffer = io.BytesIO()
+            joblib.dump(self.classifier, buffer)
+            artifacts["meta_classifier.joblib"] = buffer.getvalue()
+        return self.meta_metrics, artifacts

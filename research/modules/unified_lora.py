@@ -31,10 +31,10 @@ class UnifiedLoraConfig:
 
 class UnifiedLoraModule(AdaptationModule):
     config_class = UnifiedLoraConfig
+    adapter_kind = "lora"
 
-    def __init__(self, model, tokenizer, train, args: UnifiedLoraConfig, datamodule=None) -> None:
+    def __init__(self, model, tokenizer, train, args: UnifiedLoraConfig, provided=None) -> None:
         super().__init__(get_peft_model(model, args.peft_config()), tokenizer, train, args)
 
-    def save_adapter(self, directory: Path) -> bool:
+    def save_adapter(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
-        return True

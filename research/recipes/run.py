@@ -16,7 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from research.config import load_config
+from research.data.generate import SimulatorConfig
+from research.models.base import BaseConfig, pretrain_from_dataset
+from research.recipes.data import generate_dataset
+from research.recipes.experiment import load_config
+from research.recipes.tables import print_results
+from research.recipes.train import train_and_evaluate
 
 INSTRUMENT_TAG = {"instrument": "told_preferences"}
 # the told model must reach this share of the true-preferences anchor on these metrics
@@ -28,13 +33,9 @@ def ensure_data_and_base(cfg) -> None:
     """Generate the dataset and pretrain the base model when they are missing."""
     data_dir, base_dir = Path(cfg.data.dir), Path(cfg.base_model)
     if not (data_dir / "meta.json").exists():
-        from research.data.generate import SimulatorConfig, generate
-
         print(f"generating the persona dataset into {data_dir.parent}")
-        generate(SimulatorConfig(), data_dir.parent)
+        generate_dataset(SimulatorConfig(), data_dir.parent)
     if not (base_dir / "config.json").exists():
-        from research.base_model import BaseConfig, pretrain_from_dataset
-
         print(f"pretraining the base model into {base_dir}")
         pretrain_from_dataset(data_dir.parent / "neutral", base_dir, BaseConfig())
 
@@ -75,9 +76,6 @@ def print_instrument_verdict(warnings: list[str]) -> None:
 
 def main_job(overrides: list[str] = (), methods: tuple[str, ...] = ("no_adaptation", "unified_lora")) -> list:
     """Train and evaluate `methods` and the instrument; print them with the anchors."""
-    from research.report import print_results
-    from research.train import train_and_evaluate
-
     configs = [(load_config(None, overrides, method), None) for method in methods]
     told = load_config(None, [*overrides, "data.oracle_preferences=true"], "unified_lora")
     configs.append((told, "unified_lora told preferences"))

@@ -21,6 +21,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from research.data.generate import vocabulary_lines
+from research.data.schema import load_dataset
+from research.datamodules.persona import encode_conversation
+from research.datamodules.prompts import conversation, system_text
+
 # Qwen2.5's chat format, so prompts look the same to the tiny model and the real one.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -120,8 +125,6 @@ def length_grouped_batches(sequences: list[list[int]], batch_size: int, generato
 def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[str], out_dir: str | Path) -> dict:
     """Tokenizer + LM on `conversations` (chat messages); `vocabulary` lines make sure
     every word personas use has been seen, or its embedding stays noise."""
-    from research.datamodules.persona import encode_conversation
-
     texts = ["".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv) for conv in conversations]
     tokenizer = train_tokenizer(texts + vocabulary, cfg.vocab_size)
     model = make_model(cfg, tokenizer)
@@ -174,8 +177,6 @@ def pretraining_conversations(personas, dialogues, cfg: BaseConfig) -> list[list
     """Each dialogue as chat messages, its system turn told at random what an assistant may
     know: the speaker's name, stated settings, earlier exchanges (first request and reply
     of their previous dialogues, oldest first), any mix of these, or nothing."""
-    from research.datamodules.prompts import conversation, system_text
-
     rng = random.Random(cfg.seed)
     users = {row["persona_id"]: row for row in personas.iter_rows(named=True)}
     past: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -195,9 +196,6 @@ def pretraining_conversations(personas, dialogues, cfg: BaseConfig) -> list[list
 
 def pretrain_from_dataset(data_dir: str | Path, out_dir: str | Path, cfg: BaseConfig) -> dict:
     """Pretrain on a (persona-neutral) dataset directory."""
-    from research.data.generate import vocabulary_lines
-    from research.data.schema import load_dataset
-
     personas, dialogues = load_dataset(data_dir)
     conversations = pretraining_conversations(personas, dialogues, cfg)
     return pretrain(cfg, conversations, vocabulary_lines() + personas["description"].to_list(), out_dir)

@@ -10,6 +10,8 @@ log       one MLflow run: config, metrics, curves, time/* (setup, fit, eval seco
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,18 +20,21 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import mlflow
+import numpy as np
 import polars as pl
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
-from research.base_model import base_fingerprint, load_base
 from research.config import ExperimentConfig, flatten, to_dict
 from research.datamodules.persona import PersonaDataModule
-from research.evaluate import generate_split, score
+from research.evaluation.clustering import behaviour_features, cluster_personas, description_features, log_clustering
+from research.evaluation.generation import generate_split, score
+from research.models.base import base_fingerprint, load_base
 from research.modules import METHODS
-from research.sources import resolve_sources
-from research.tracking import RunLogger, experiment_id, tracked_run
+from research.modules.base import Needs, Provided, Source
+from research.tracking.runs import RunLogger, experiment_id, tracked_run
+from research.tracking.sources import resolve_sources
 
 
 @dataclass
@@ -114,6 +119,74 @@ def base_copy(name_or_path: str):
     return tokenizer, copy.deepcopy(model)
 
 
+def resolved_config(cfg: ExperimentConfig, sources: dict[str, list[Source]]) -> ExperimentConfig:
+    """A copy of `cfg` whose source fields name the runs they were resolved to."""
+    values = {
+        name: runs[0].run_id if isinstance(getattr(cfg.method_args, name), str) else tuple(r.run_id for r in runs)
+        for name, runs in sources.items()
+    }
+    return dataclasses.replace(cfg, method_args=dataclasses.replace(cfg.method_args, **values))
+
+
+def run_tags(cfg: ExperimentConfig, datamodule: PersonaDataModule) -> dict[str, str]:
+    """What a run was made on; sources must match it."""
+    return {
+        "method": cfg.method,
+        "dataset": datamodule.data_fingerprint,
+        "base_model": cfg.base_model,
+        "base_fingerprint": base_fingerprint(cfg.base_model),
+    }
+
+
+def build_module(cfg: ExperimentConfig, model, tokenizer, datamodule: PersonaDataModule, sources=None):
+    """(the method's module, what it was provided): its needs resolved (sources, when not
+    given, from the tracking store), the module built, the datamodule told its groups."""
+    method = METHODS[cfg.method]
+    if sources is None:
+        sources = resolve_sources(cfg.method_args, run_tags(cfg, datamodule), experiment_id(cfg.tracking))
+    provided = provide(method.needs(cfg.method_args), datamodule, sources)
+    module = method(model, tokenizer, cfg.train, cfg.method_args, provided)
+    datamodule.group_of = module.group_of
+    return module, provided
+
+
+def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list[Source]]) -> Provided:
+    """What the method asked for (the recipe logs the clustering)."""
+    provided = Provided(
+        persona_ids=list(datamodule.persona_ids),
+        trained_personas={example["persona_id"] for example in datamodule.examples["train"]},
+        sources=sources,
+    )
+    if needs.clustering is not None:
+        provided.clustering = cluster_personas(needs.clustering, datamodule)
+    if needs.groups == "persona":
+        provided.groups = {persona: persona for persona in provided.persona_ids}
+    elif needs.groups == "cluster":
+        provided.groups = provided.clustering.groups()
+    if needs.persona_features is not None:
+        provided.persona_features = np.hstack(
+            [description_features(datamodule, needs.persona_features), behaviour_features(datamodule)]
+        )
+    return provided
+
+
+def log_outputs(metrics: dict[str, float], artifacts: dict[str, object]) -> None:
+    """A method's own metrics and artifacts (JSON for dicts, Parquet for frames, bytes as they are)."""
+    if metrics:
+        mlflow.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in artifacts.items():
+            path = Path(tmp, name)
+            if isinstance(content, dict):
+                path.write_text(json.dumps(content, indent=1, sort_keys=True))
+            elif isinstance(content, pl.DataFrame):
+                content.write_parquet(path)
+            else:
+                path.write_bytes(content)
+        if artifacts:
+            mlflow.log_artifacts(tmp)
+
+
 def train_and_evaluate(
     cfg: ExperimentConfig,
     parent_run_id: str | None = None,
@@ -126,19 +199,20 @@ def train_and_evaluate(
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer, model = base_copy(cfg.base_model)
-    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
+    needs = METHODS[cfg.method].needs(cfg.method_args)
+    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=needs.context)
     datamodule.prepare_data()
     datamodule.setup()
-    tags = {
-        **(tags or {}),
-        "method": cfg.method,
-        "dataset": datamodule.data_fingerprint,
-        "base_model": cfg.base_model,
-        "base_fingerprint": base_fingerprint(cfg.base_model),
-    }
-    resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
+    tags = {**(tags or {}), **run_tags(cfg, datamodule)}
+    sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
+    tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
+    cfg = resolved_config(cfg, sources)
     with tracked_run(cfg.tracking, run_name or cfg.method, tags, flatten(to_dict(cfg)), parent_run_id) as run:
-        module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, datamodule)
+        module, provided = build_module(cfg, model, tokenizer, datamodule, sources)
+        if provided.clustering is not None:
+            log_clustering(provided.clustering, needs.clustering)
+        log_outputs(*module.outputs())
+        mlflow.log_metric("params/trainable", sum(p.numel() for p in module.parameters() if p.requires_grad))
         fit_started = time.perf_counter()
         if module.trainable:
             fit(module, datamodule, cfg, run.info.run_id, callbacks)
@@ -164,7 +238,8 @@ def train_and_evaluate(
             per_persona_table.write_parquet(out / "per_persona.parquet")
             pl.concat(predictions).write_parquet(out / "predictions.parquet")
             (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            module.save_adapter(out / "adapter")
+            if module.adapter_kind != "none":
+                module.save_adapter(out / "adapter")
             mlflow.log_artifacts(tmp)
         seconds["time/total_s"] = time.perf_counter() - started
     return RunResult(run.info.run_id, run_name or cfg.method, metrics, per_persona_table, seconds)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from research.config import EvalConfig
-from research.metrics import overall, per_persona, score_turns
+from research.evaluation.metrics import overall, per_persona, score_turns
 
 
 def autocast(precision: str, device: torch.device):

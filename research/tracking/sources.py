@@ -2,20 +2,21 @@
 
 A method's config names a source run in a field whose metadata says which method
 made it: `field(default="", metadata={"source_method": "unified_lora"})`. Before any
-work, `resolve_sources` fills an empty field with the latest finished run of that
+work, `resolve_sources` resolves an empty field to the latest finished run of that
 method on the same dataset and base model, and refuses a run that is missing,
 unfinished, of another method, or trained on other data or another base model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import mlflow
+from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 
 from research.config import ConfigError
+from research.modules.base import Source, source_fields
 
 
 class SourceError(ConfigError):
@@ -60,23 +61,22 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
     return run
 
 
-def resolve_sources(method_args, tags: dict[str, str], experiment_id: str) -> None:
-    """Fill and check, in place, every source-run field of a method's config. A tuple
-    field with source_method "*" lists runs of any method; it may not be empty."""
-    if not dataclasses.is_dataclass(method_args):
-        return
-    for field in dataclasses.fields(method_args):
-        method = field.metadata.get("source_method")
-        value = getattr(method_args, field.name)
+def resolve_sources(method_args, tags: dict[str, str], experiment_id: str) -> dict[str, list[Source]]:
+    """The runs each source field of a method's config names, checked, their artifacts
+    downloaded; an empty field means the latest usable run of its method. A tuple field
+    with source_method "*" lists runs of any method; it may not be empty. `method_args`
+    is left as it is: the recipe records what was resolved."""
+    resolved = {}
+    for name, method in source_fields(type(method_args)).items():
+        value = getattr(method_args, name)
         if method == "*":
             if not value:
-                raise SourceError(f"method_args.{field.name}: name at least one finished run (RUN_ID,RUN_ID,...)")
-            runs = [find_source(None, run_id, tags, experiment_id, field.name) for run_id in value]
-            setattr(method_args, field.name, tuple(run.info.run_id for run in runs))
-        elif method:
-            setattr(method_args, field.name, find_source(method, value, tags, experiment_id, field.name).info.run_id)
-
-
-def source_artifact(run_id: str, path: str) -> Path:
-    """A local copy of artifact `path` of run `run_id`."""
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+                raise SourceError(f"method_args.{name}: name at least one finished run (RUN_ID,RUN_ID,...)")
+            runs = [find_source(None, run_id, tags, experiment_id, name) for run_id in value]
+        else:
+            runs = [find_source(method, value, tags, experiment_id, name)]
+        resolved[name] = [
+            Source(run.info.run_id, run.data.tags["method"], Path(download_artifacts(run_id=run.info.run_id)))
+            for run in runs
+        ]
+    return resolved

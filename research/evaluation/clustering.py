@@ -13,23 +13,14 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
-
-@dataclass
-class ClusteringConfig:
-    algorithm: Literal["kmeans", "agglomerative", "dbscan"] = "kmeans"
-    features: Literal["behaviour", "description"] = "behaviour"
-    k: int = 0  # clusters (kmeans, agglomerative); 0: the k in [k_min, k_max] with the best silhouette
-    k_min: int = 2
-    k_max: int = 12
-    eps: float = 0.3  # DBSCAN: neighbourhood radius in cosine distance
-    min_samples: int = 3  # DBSCAN: core point size; noise points form a cluster of their own
-    embedder: str = ""  # description features: sentence-transformers name or path; empty: bundled MiniLM
-    seed: int = 0
+from research.config import ClusteringConfig
+from research.data.schema import load_dataset
+from research.evaluation.metrics import extract
+from research.models.embedder import load_embedder
 
 
 @dataclass
@@ -64,8 +55,6 @@ def _training_replies(datamodule) -> dict[str, list[str]]:
 
 def behaviour_features(datamodule) -> np.ndarray:
     """One standardised row per persona (datamodule.persona_ids order), from training replies only."""
-    from research.metrics import extract
-
     replies = _training_replies(datamodule)
     rows = []
     for persona in datamodule.persona_ids:
@@ -95,12 +84,10 @@ def behaviour_features(datamodule) -> np.ndarray:
 
 
 def description_features(datamodule, embedder: str) -> np.ndarray:
-    from research.data.schema import load_dataset
-    from research.metrics import default_embedder, load_embedder
 
     personas, _ = load_dataset(datamodule.cfg.dir)
     text = dict(zip(personas["persona_id"], personas["description"], strict=True))
-    model = load_embedder(embedder or default_embedder())
+    model = load_embedder(embedder or "")
     return model.encode([text[p] for p in datamodule.persona_ids], normalize_embeddings=True, convert_to_numpy=True)
 
 

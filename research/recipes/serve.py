@@ -14,13 +14,13 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from research.base_model import load_base
 from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
 from research.datamodules.persona import chat_ids, prompt_batches
 from research.datamodules.prompts import conversation, system_text
+from research.models.base import load_base
 from research.modules.base import greedy_generate
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
-from research.registry import RoutingError, adapter_dir, load_table
+from research.tracking.registry import RoutingError, adapter_dir, load_table
 
 REQUEST_FIELDS = ("persona_id", "time_of_day", "weather", "temperature_c", "day_of_week", "turns")
 

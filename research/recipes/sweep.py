@@ -31,7 +31,12 @@ from typing import Literal
 
 import yaml
 
-from research.config import ConfigError, build, load_config
+from research.config import ConfigError, build
+from research.recipes.experiment import load_config
+from research.recipes.run import ensure_data_and_base
+from research.recipes.train import GenerativeValidation, train_and_evaluate
+from research.tracking.registry import register
+from research.tracking.runs import experiment_id
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -147,8 +152,6 @@ class Sweep:
     def objective(self, trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from research.train import GenerativeValidation, train_and_evaluate
-
         cfg = load_config(None, [*self.overrides, *suggest(trial, self.spec.space)], self.method)
         callbacks = []
         if self.spec.pruner.get("name", "median") != "none":
@@ -174,8 +177,6 @@ def _worker(sweep: Sweep, trials: int) -> None:
 
 
 def _tracking(overrides: list[str], method: str):
-    from research.tracking import experiment_id
-
     cfg = load_config(None, overrides, method)
     return cfg, experiment_id(cfg.tracking)
 
@@ -265,8 +266,6 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
-    from research.run import ensure_data_and_base
-
     overrides = list(overrides)
     spec = load_spec(method, spec_path)
     cfg, experiment = _tracking(overrides, method)
@@ -307,8 +306,6 @@ def run_sweep(
             process.join()
     summary = _summarise(study, client, sweep.parent_run_id)
     if summary["best"] is not None and client.list_artifacts(summary["best_run_id"], "adapter"):
-        from research.registry import register
-
         version = register(cfg.tracking.uri, summary["best_run_id"])  # alias candidate
         client.set_tag(sweep.parent_run_id, "registered", f"{version.name}/{version.version}")
         summary["registered"] = f"{version.name} version {version.version}"

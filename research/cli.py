@@ -198,7 +198,8 @@ def cmd_compare(args) -> None:
     import polars as pl
 
     from research.recipes.experiment import load_config
-    from research.recipes.tables import compare, print_comparison
+    from research.evaluation.statistics import compare
+    from research.recipes.tables import print_comparison
     from research.tracking.runs import experiment_id
     from research.tracking.sources import find_source
 

@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from research.recipes.tables import compare
+from research.evaluation.statistics import compare
 
 
 def _table(scores, split="test"):

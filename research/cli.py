@@ -175,20 +175,24 @@ def cmd_routing(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from research.recipes.serve import RoutedModel, current_context
+    from research.recipes.serve import RoutedModel, current_context, known_users
 
     cfg = _serving_config(args)
-    model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
+    model = RoutedModel(
+        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
+    )
     request = {"persona_id": args.persona, **current_context(), "turns": [{"role": "user", "text": args.text}]}
     print(model.answer([request])[0])
 
 
 def cmd_predict(args) -> None:
-    from research.recipes.serve import RoutedModel, read_requests, write_predictions
+    from research.recipes.serve import RoutedModel, known_users, read_requests, write_predictions
 
     cfg = _serving_config(args)
     requests = read_requests(args.input)
-    model = RoutedModel(cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens)
+    model = RoutedModel(
+        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
+    )
     write_predictions(args.output, requests, model.answer(requests, cfg.eval.batch_size))
     print(f"{len(requests)} replies through routing revision {model.revision} in {args.output}")
 
@@ -197,8 +201,8 @@ def cmd_compare(args) -> None:
     import mlflow
     import polars as pl
 
-    from research.recipes.experiment import load_config
     from research.evaluation.statistics import compare
+    from research.recipes.experiment import load_config
     from research.recipes.tables import print_comparison
     from research.tracking.runs import experiment_id
     from research.tracking.sources import find_source

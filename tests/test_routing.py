@@ -3,6 +3,7 @@ store and real PEFT adapters."""
 
 import json
 import multiprocessing
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -14,7 +15,8 @@ from research.datamodules.prompts import conversation, system_text
 from research.models.base import base_fingerprint, load_base
 from research.modules.base import greedy_generate
 from research.recipes.experiment import load_config
-from research.recipes.serve import RoutedModel, read_requests, write_predictions
+from research.recipes.serve import RoutedModel, current_context, known_users, read_requests, write_predictions
+from research.recipes.train import train_and_evaluate
 from research.tracking.registry import RoutingError, history, load_table, promote, register, rollback
 
 
@@ -159,3 +161,32 @@ def test_predict_input_errors_name_the_row_and_field(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(RoutingError, match="row 2, field turns"):
         read_requests(path)
+
+
+def test_prefix_static_prompts_carry_the_description_and_serving_builds_the_same(source_runs, data_root, tmp_path):
+    """A method that changes prompts, not weights: its run's prompts hold each persona's
+    description, its adapter's manifest says so, and serving answers with those prompts."""
+    experiment, runs = source_runs
+    cfg = load_config(None, experiment, "prefix_static")
+    result = train_and_evaluate(cfg)
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["source.unified_run"] == runs["unified_lora"]
+    adapter = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="adapter"))
+    assert json.loads((adapter / "manifest.json").read_text())["context"]["description"] is True
+
+    version = register(cfg.tracking.uri, result.run_id)
+    routing = tmp_path / "routing"
+    promote(cfg.tracking.uri, routing, "prefix_static", version.version, "all", base_fingerprint(cfg.base_model))
+    users = known_users(data_root / "personas")
+    persona = sorted(users)[0]
+    model = RoutedModel(cfg.base_model, cfg.tracking.uri, routing, max_new_tokens=12, users=users)
+    request = {"persona_id": persona, **current_context(), "turns": [{"role": "user", "text": "lights on"}]}
+    answer = model.answer([request])[0]
+
+    tokenizer, base = load_base(cfg.base_model)
+    peft = PeftModel.from_pretrained(base, adapter).eval()
+    system = system_text(request, name=users[persona]["name"], description=users[persona]["description"])
+    assert "About the user:" in system
+    ids = torch.tensor([chat_ids(tokenizer, conversation(request, system), generation_prompt=True)])
+    expected = greedy_generate(peft, tokenizer, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 12)
+    assert answer == tokenizer.decode(expected[0], skip_special_tokens=True).strip()

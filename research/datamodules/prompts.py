@@ -9,6 +9,7 @@ history, a description) gets it in training and evaluation alike.
 The pieces, in the order they appear:
   Context: evening, rainy, 11°C, Monday.        always: what the house's sensors know
   User: Maya.                                   the account holder's name (`user_name`)
+  About the user: Maya is a gentle baker ...    the persona's description (`description`)
   User preferences: brightness 80, ...          the oracle ablation (`preferences`)
   Earlier: lights on => Lights at 40%. | ...    the user's own past exchanges (`history`)
 """
@@ -43,10 +44,13 @@ def system_text(
     name: str | None = None,
     preferences: str | dict | None = None,
     history: list[tuple[str, str]] = (),
+    description: str | None = None,
 ) -> str:
     parts = [context_line(dialogue)]
     if name:
         parts.append(f"User: {name}.")
+    if description:
+        parts.append(f"About the user: {description}")
     if preferences is not None:
         parts.append(preferences_line(preferences))
     if history:
@@ -77,6 +81,7 @@ class ProfileContext:
 
     user_name: bool = True
     preferences: bool = False
+    description: bool = False  # the persona's description (prefix_static)
 
     def system(self, dialogue: dict, user: dict, turn: int | None = None) -> str:
         if self.preferences and user.get("preferences") is None:
@@ -85,10 +90,24 @@ class ProfileContext:
             dialogue,
             name=user.get("name") if self.user_name else None,
             preferences=user.get("preferences") if self.preferences else None,
+            description=user.get("description") if self.description else None,
         )
 
     def fingerprint(self) -> str:
-        return fingerprint_of(type(self).__name__, asdict(self))
+        # without the description field when it is off, so earlier caches keep their keys
+        settings = {k: v for k, v in asdict(self).items() if k != "description" or v}
+        return fingerprint_of(type(self).__name__, settings)
+
+    def spec(self) -> dict:
+        """What serving needs to build the same prompts (an adapter's manifest keeps it)."""
+        return {"provider": "profile", **asdict(self)}
+
+
+def context_from_spec(spec: dict) -> ContextProvider:
+    settings = dict(spec)
+    if (provider := settings.pop("provider", None)) != "profile":
+        raise ValueError(f"unknown context provider {provider!r} (known: profile)")
+    return ProfileContext(**settings)
 
 
 def fingerprint_of(*parts) -> str:

@@ -16,6 +16,7 @@ from research.modules.merges import (
 )
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
+from research.modules.prefix_static import PrefixStaticModule
 from research.modules.selective_routing import SelectiveRoutingModule
 from research.modules.unified_lora import UnifiedLoraModule
 
@@ -32,4 +33,5 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "dare_merge": DareMergeModule,
     "svd_merge": SvdMergeModule,
     "selective_routing": SelectiveRoutingModule,
+    "prefix_static": PrefixStaticModule,
 }

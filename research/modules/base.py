@@ -13,7 +13,9 @@ A method is an `AdaptationModule` subclass with
   group_of          persona -> adapter index when it owns an adapter per group (the
                     recipe routes batches with it)
   trainable         False: evaluated as built, no fit
-  adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT), "lora+context"
+  adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT LoRA directories),
+                    "lora+context" (LoRA plus the context provider its prompts need, in
+                    manifest.json); serving dispatches on it (read_manifest)
   outputs()         metrics and artifacts it made while being built, for the recipe to log
 A method file holds only what makes it different (how it wraps the base model, extra
 loss terms, how a batch picks its adapter).
@@ -22,6 +24,8 @@ loss terms, how a batch picks its adapter).
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from research.config import ClusteringConfig, TrainConfig
+from research.config import ClusteringConfig, DataConfig, TrainConfig
 from research.datamodules.prompts import ContextProvider
 
 
@@ -40,7 +44,8 @@ class Needs:
     groups: Literal["persona", "cluster"] | None = None  # an adapter per persona / per cluster
     clustering: ClusteringConfig | None = None  # personas clustered (cluster groups, merge neighbourhoods)
     persona_features: str | None = None  # description (this embedder; "" = bundled) + behaviour features
-    context: ContextProvider | None = None  # the method's own prompts; None: the data config's
+    # the method's own prompts, built from the data config; None: the data config's
+    context: Callable[[DataConfig], ContextProvider] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,21 @@ class Provided:
     groups: dict[str, str] | None = None  # persona -> group name (needs.groups)
     clustering: Any = None  # research.evaluation.clustering.Clustering (needs.clustering)
     persona_features: np.ndarray | None = None  # one row per persona_ids (needs.persona_features)
+    context: ContextProvider | None = None  # the prompts the datamodule was built with
 
     def source(self, name: str) -> Source:
         return self.sources[name][0]
+
+
+def write_manifest(directory: Path, kind: str, **fields) -> None:
+    """`directory/manifest.json`: the adapter's kind and what serving needs beside its weights."""
+    (directory / "manifest.json").write_text(json.dumps({"kind": kind, **fields}, indent=1, sort_keys=True))
+
+
+def read_manifest(directory: Path) -> dict:
+    """The adapter's manifest; an adapter without one is plain LoRA."""
+    path = directory / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {"kind": "lora"}
 
 
 def source_fields(config_class) -> dict[str, str]:

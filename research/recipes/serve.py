@@ -15,10 +15,11 @@ import polars as pl
 import torch
 
 from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
+from research.data.schema import load_dataset
 from research.datamodules.persona import chat_ids, prompt_batches
-from research.datamodules.prompts import conversation, system_text
+from research.datamodules.prompts import ProfileContext, context_from_spec, conversation
 from research.models.base import load_base
-from research.modules.base import greedy_generate
+from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
 from research.tracking.registry import RoutingError, adapter_dir, load_table
 
@@ -39,8 +40,21 @@ def current_context(now: datetime | None = None) -> dict:
     }
 
 
+ADAPTER_KINDS = ("lora", "lora+context")  # what serving can answer through (modules/base.py)
+
+
 class RoutedModel:
-    def __init__(self, base_model: str, tracking_uri: str, routing_dir: str | Path, max_new_tokens: int = 64):
+    """`users`: what the assistant knows of each persona (persona_id -> name, description...),
+    for the system turn; a request's own `name` stands in for a persona it does not know."""
+
+    def __init__(
+        self,
+        base_model: str,
+        tracking_uri: str,
+        routing_dir: str | Path,
+        max_new_tokens: int = 64,
+        users: dict[str, dict] | None = None,
+    ):
         table = load_table(routing_dir)
         if table is None:
             raise RoutingError(
@@ -51,6 +65,13 @@ class RoutedModel:
         entries = [table["fallback"]] if table["fallback"] else []
         entries += list(table["routes"].values())
         keys = sorted({(e["model"], e["version"], e["adapter"]) for e in entries})
+        manifests = [read_manifest(adapter_dir(tracking_uri, m, v)) for m, v, _ in keys]
+        if unknown := [m["kind"] for m in manifests if m["kind"] not in ADAPTER_KINDS]:
+            raise RoutingError(f"cannot serve adapter kind {unknown[0]!r} (serving knows {', '.join(ADAPTER_KINDS)})")
+        # each adapter's prompts: its manifest's context provider, or the default one
+        self.contexts = [context_from_spec(m["context"]) if "context" in m else ProfileContext() for m in manifests]
+        self.contexts.append(ProfileContext())  # no adapter
+        self.users = users or {}
         adapters = [read_adapter(adapter_dir(tracking_uri, m, v) / a)[1] for m, v, a in keys]
         if not adapters:
             raise RoutingError(f"{routing_dir}/table.json routes nobody and has no fallback")
@@ -75,19 +96,32 @@ class RoutedModel:
         if unknown:
             by = "the fallback" if self.has_fallback else "the base model alone (the table has no fallback)"
             print(f"warning: no route for {', '.join(unknown)}: answered by {by}", file=sys.stderr)
+        groups = [self.group_of.get(r["persona_id"], self.fallback) for r in requests]
         prompts = [
-            chat_ids(self.tokenizer, conversation(r, system_text(r, name=r.get("name"))), generation_prompt=True)
-            for r in requests
+            chat_ids(
+                self.tokenizer,
+                conversation(r, self.contexts[g].system(r, self.users.get(r["persona_id"], r), None)),
+                generation_prompt=True,
+            )
+            for r, g in zip(requests, groups, strict=True)
         ]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
-            groups = [self.group_of.get(requests[i]["persona_id"], self.fallback) for i in index]
-            self.router.route(torch.tensor(groups, device=self.device))
+            self.router.route(torch.tensor([groups[i] for i in index], device=self.device))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 replies[i] = text.strip()
         return replies
+
+
+def known_users(data_dir: str | Path) -> dict[str, dict]:
+    """persona_id -> the persona's row (name, description, ...) of the dataset at `data_dir`;
+    empty when there is none there (serving then knows only what requests carry)."""
+    if not Path(data_dir).exists():
+        return {}
+    personas, _ = load_dataset(data_dir)
+    return {row["persona_id"]: row for row in personas.iter_rows(named=True)}
 
 
 def read_requests(path: str | Path) -> list[dict]:

@@ -38,7 +38,7 @@ from research.recipes.train import GenerativeValidation, train_and_evaluate
 from research.tracking.registry import register
 from research.tracking.runs import experiment_id
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 @dataclass

@@ -156,6 +156,7 @@ def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list
         persona_ids=list(datamodule.persona_ids),
         trained_personas={example["persona_id"] for example in datamodule.examples["train"]},
         sources=sources,
+        context=datamodule.context,
     )
     if needs.clustering is not None:
         provided.clustering = cluster_personas(needs.clustering, datamodule)
@@ -200,7 +201,8 @@ def train_and_evaluate(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer, model = base_copy(cfg.base_model)
     needs = METHODS[cfg.method].needs(cfg.method_args)
-    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=needs.context)
+    context = needs.context(cfg.data) if needs.context else None
+    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context)
     datamodule.prepare_data()
     datamodule.setup()
     tags = {**(tags or {}), **run_tags(cfg, datamodule)}

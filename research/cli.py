@@ -120,19 +120,9 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_cluster(args) -> None:
-    from research.config import ClusteringConfig, DataConfig, build, parse_overrides
-    from research.datamodules.persona import PersonaDataModule
-    from research.evaluation.clustering import cluster_personas, plot
-    from research.models.base import load_base
+    from research.recipes.analysis import cluster_dataset
 
-    values = parse_overrides(args.overrides)
-    data = build(DataConfig, values.pop("data", {}), "data")
-    cfg = build(ClusteringConfig, values)
-    datamodule = PersonaDataModule(data, load_base(args.base_model)[0])
-    datamodule.prepare_data()
-    datamodule.setup()
-    clustering = cluster_personas(cfg, datamodule)
-    plot(clustering, Path(args.plot), f"{cfg.algorithm} on {cfg.features} features")
+    clustering = cluster_dataset(args.base_model, args.overrides, args.plot)
     print(f"k={clustering.k} silhouette={clustering.silhouette:.3f} sizes={clustering.sizes()}; plot in {args.plot}")
 
 
@@ -198,31 +188,12 @@ def cmd_predict(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    import mlflow
-    import polars as pl
-
-    from research.evaluation.statistics import compare
+    from research.recipes.analysis import compare_runs
     from research.recipes.experiment import load_config
     from research.recipes.tables import print_comparison
-    from research.tracking.runs import experiment_id
-    from research.tracking.sources import find_source
 
     cfg = load_config(None, args.overrides, "unified_lora")
-    experiment = experiment_id(cfg.tracking)
-
-    def table(run_id):
-        return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_persona.parquet"))
-
-    runs = [mlflow.get_run(run_id) for run_id in args.run_ids]
-    tags = runs[0].data.tags
-    baseline = args.against or find_source("unified_lora", "", tags, experiment, "against").info.run_id
-    rows = [
-        (
-            f"{run.data.tags['method']} ({run.info.run_id[:8]})",
-            compare(table(run.info.run_id), table(baseline), args.metric, args.split),
-        )
-        for run in runs
-    ]
+    rows = compare_runs(cfg.tracking, args.run_ids, args.against, args.metric, args.split)
     print_comparison(rows, args.metric, args.split)
 
 

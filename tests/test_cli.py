@@ -47,3 +47,24 @@ def test_overrides_may_follow_options_and_refusals_say_why(tmp_path):
     assert not (tmp_path / "routing" / "table.json").exists()
     out = _research("routing", "show", "--routing", str(tmp_path / "routing"), "--bogus")
     assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
+
+
+def test_compare_and_cluster_commands_call_the_recipes(source_runs, data_root, base_dir, tmp_path):
+    experiment, runs = source_runs
+    tracking = [o for o in experiment if o.startswith("tracking.")]
+    out = _research("compare", runs["per_persona_lora"], "--overrides", *tracking)
+    assert out.returncode == 0, out.stderr
+    assert "per_persona_lora" in out.stdout and "improved" in out.stdout  # against the latest unified run
+    plot = tmp_path / "clusters.png"
+    out = _research(
+        "cluster",
+        "--base-model",
+        str(base_dir),
+        "--plot",
+        str(plot),
+        f"data.dir={data_root / 'personas'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "k=2",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("k=2 silhouette=") and plot.stat().st_size > 0

@@ -21,17 +21,3 @@ class ClusterLoraModule(GroupLoraModule):
     @classmethod
     def needs(cls, args) -> Needs:
         return Needs(groups="cluster", clustering=args.clustering)
-
-    def __init__(self, model, tokenizer, train, args: ClusterLoraConfig, provided) -> None:
-        super().__init__(
-            model,
-            tokenizer,
-            train,
-            args,
-            provided,
-            provided.groups,
-            args.target_modules,
-            args.r,
-            args.alpha,
-            args.dropout,
-        )

@@ -173,13 +173,24 @@ def engine_shape(adapters: list[dict[str, tuple]]) -> tuple[set[str], int]:
 
 class GroupLoraModule(AdaptationModule):
     """Base of every method that owns an adapter per group. `groups` maps each persona to
-    its group's name; a subclass decides the grouping and what the model starts from."""
+    its group's name (default: the groups the recipe provided, as the method's needs asked);
+    the adapters' shape defaults to the LoRA settings of `args` (target_modules, r, alpha,
+    dropout). A subclass decides the grouping and what the model starts from."""
 
     adapter_kind = "lora"
 
     def __init__(
-        self, model, tokenizer, train, args, provided: Provided, groups: dict[str, str], targets, r, alpha, dropout
+        self,
+        model,
+        tokenizer,
+        train,
+        args,
+        provided: Provided,
+        groups: dict[str, str] | None = None,
+        shape: tuple | None = None,  # (targets, r, alpha, dropout)
     ):
+        groups = groups or provided.groups
+        targets, r, alpha, dropout = shape or (args.target_modules, args.r, args.alpha, args.dropout)
         self.group_names = sorted(set(groups.values()))
         index = {name: i for i, name in enumerate(self.group_names)}
         if self.trainable:

@@ -28,18 +28,7 @@ class HybridLoraModule(GroupLoraModule):
         unified = provided.source("unified_run").artifacts / "adapter"
         _, self.unified = read_adapter(unified)
         model = PeftModel.from_pretrained(model, unified).merge_and_unload()
-        super().__init__(
-            model,
-            tokenizer,
-            train,
-            args,
-            provided,
-            provided.groups,
-            args.target_modules,
-            args.r,
-            args.alpha,
-            args.dropout,
-        )
+        super().__init__(model, tokenizer, train, args, provided)
 
     def adapter_below(self) -> dict:
         return self.unified

@@ -160,7 +160,7 @@ class MergeModule(GroupLoraModule):
         groups, self.plan = merge_plan(args, provided.clustering, val_scores)
         merged = merge_adapters(model, adapters, self.plan, args)
         targets, rank = engine_shape(list(merged.values()))
-        super().__init__(model, tokenizer, train, args, provided, groups, targets, rank, rank, 0.0)
+        super().__init__(model, tokenizer, train, args, provided, groups, (targets, rank, rank, 0.0))
         for g, name in enumerate(self.group_names):
             load_group(self.layers, g, merged[name])
 

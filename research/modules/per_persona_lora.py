@@ -23,17 +23,3 @@ class PerPersonaLoraModule(GroupLoraModule):
     @classmethod
     def needs(cls, args) -> Needs:
         return Needs(groups="persona")
-
-    def __init__(self, model, tokenizer, train, args: PerPersonaLoraConfig, provided) -> None:
-        super().__init__(
-            model,
-            tokenizer,
-            train,
-            args,
-            provided,
-            provided.groups,
-            args.target_modules,
-            args.r,
-            args.alpha,
-            args.dropout,
-        )

@@ -96,7 +96,7 @@ class SelectiveRoutingModule(GroupLoraModule):
             adapters.setdefault(groups[persona], directory / subdir)
         factors = {name: read_adapter(path)[1] for name, path in adapters.items()}
         targets, rank = engine_shape(list(factors.values()))
-        super().__init__(model, tokenizer, train, args, provided, groups, targets, rank, rank, 0.0)
+        super().__init__(model, tokenizer, train, args, provided, groups, (targets, rank, rank, 0.0))
         for g, name in enumerate(self.group_names):
             load_group(self.layers, g, factors[name])
         self.table = pl.DataFrame(

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +54,9 @@ class BaseConfig:
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
+    # "all": every token of the chat text; "assistant": the replies only (as in instruction
+    # tuning), so the random settings in system turns are read, never predicted
+    loss_on: Literal["all", "assistant"] = "all"
     p_name: float = 0.5  # share of dialogues whose system turn names the speaker
     p_preferences: float = 0.5  # ... states the speaker's settings
     p_history: float = 0.3  # ... quotes 1..max_history of the speaker's earlier exchanges
@@ -109,14 +113,14 @@ def make_model(cfg: BaseConfig, tokenizer):
 PAD_MULTIPLE = 32
 
 
-def length_grouped_batches(sequences: list[list[int]], batch_size: int, generator: torch.Generator, pool: int = 64):
+def length_grouped_batches(sequences: list, batch_size: int, generator: torch.Generator, pool: int = 64):
     """Shuffled batches of sequences of similar length: random pools of `pool` batches are
     sorted by length and cut into batches, whose order is shuffled again. With random
     batches half of every batch was padding (49% of tokens real on the neutral data); grouped, 1%."""
     order = torch.randperm(len(sequences), generator=generator).tolist()
     batches = []
     for start in range(0, len(order), batch_size * pool):
-        chunk = sorted(order[start : start + batch_size * pool], key=lambda i: len(sequences[i]))
+        chunk = sorted(order[start : start + batch_size * pool], key=lambda i: len(sequences[i][0]))
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     for b in torch.randperm(len(batches), generator=generator).tolist():
         yield [sequences[i] for i in batches[b]]
@@ -128,8 +132,13 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
     texts = ["".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv) for conv in conversations]
     tokenizer = train_tokenizer(texts + vocabulary, cfg.vocab_size)
     model = make_model(cfg, tokenizer)
-    sequences = [encode_conversation(tokenizer, conv)[0][: cfg.max_length] for conv in conversations]
-    sequences += [tokenizer(line)["input_ids"][: cfg.max_length] for line in vocabulary]
+    # (ids, labels): the loss on every token, or on the assistant's replies only
+    sequences = []
+    for conv in conversations:
+        ids, reply_labels, _ = encode_conversation(tokenizer, conv)
+        labels = reply_labels if cfg.loss_on == "assistant" else ids
+        sequences.append((ids[: cfg.max_length], labels[: cfg.max_length]))
+    sequences += [(ids, ids) for ids in (tokenizer(line)["input_ids"][: cfg.max_length] for line in vocabulary)]
     generator = torch.Generator().manual_seed(cfg.seed)
     total = cfg.epochs * math.ceil(len(sequences) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -142,13 +151,14 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
     with tqdm(total=total, desc="pretrain base", unit="step") as bar:
         for _ in range(cfg.epochs):
             for batch in length_grouped_batches(sequences, cfg.batch_size, generator):
-                width = -(-max(map(len, batch)) // PAD_MULTIPLE) * PAD_MULTIPLE
+                width = -(-max(len(seq) for seq, _ in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
                 ids = torch.full((len(batch), width), tokenizer.pad_token_id)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, seq in enumerate(batch):
+                labels = torch.full((len(batch), width), -100)
+                for row, (seq, seq_labels) in enumerate(batch):
                     ids[row, : len(seq)] = torch.tensor(seq)
+                    labels[row, : len(seq)] = torch.tensor(seq_labels)
                     mask[row, : len(seq)] = 1
-                labels = ids.masked_fill(mask == 0, -100)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()

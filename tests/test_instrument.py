@@ -1,0 +1,52 @@
+"""The instrument's pieces: what base pretraining shows in system turns, its batches, and
+the verdict on a told model."""
+
+import polars as pl
+import torch
+
+from research.data.schema import load_dataset
+from research.models.base import BaseConfig, length_grouped_batches, pretraining_conversations
+from research.recipes.run import instrument_warnings
+
+ANCHORS = {"true_preferences": {"param_f1": 1.0, "numerical_precision": 1.0}}
+
+
+def test_the_verdict_names_each_metric_below_the_bar_and_passes_a_model_that_reads_its_prompt():
+    told_badly = {"test/param_f1": 0.40, "test/numerical_precision": 0.95}
+    [warning] = instrument_warnings(told_badly, ANCHORS)
+    assert warning.startswith("param_f1 0.400 told the true preferences, against 1.000")
+    assert instrument_warnings({"test/param_f1": 0.93, "test/numerical_precision": 0.91}, ANCHORS) == []
+    assert "unchecked" in instrument_warnings(told_badly, None)[0]
+
+
+def test_pretraining_shows_names_settings_and_only_earlier_exchanges_of_the_same_speaker(data_root):
+    personas, dialogues = load_dataset(data_root / "neutral")
+    everything = pretraining_conversations(personas, dialogues, BaseConfig(p_name=1, p_preferences=1, p_history=1))
+    nothing = pretraining_conversations(personas, dialogues, BaseConfig(p_name=0, p_preferences=0, p_history=0))
+    ordered = dialogues.sort("persona_id", "timestamp").iter_rows(named=True)
+    names = dict(zip(personas["persona_id"], personas["name"], strict=True))
+    seen: dict[str, list[str]] = {}  # persona -> its exchanges so far, oldest first
+    for row, told, plain in zip(ordered, everything, nothing, strict=True):
+        system = told[0]["content"]
+        assert f"User: {names[row['persona_id']]}." in system and "User preferences: brightness" in system
+        assert plain[0]["content"].startswith("Context:") and "User" not in plain[0]["content"]
+        earlier = seen.setdefault(row["persona_id"], [])
+        if earlier:  # every quoted exchange is one of this speaker's earlier (request => reply)
+            quoted = system.split("Earlier: ", 1)[1].split(" | ")
+            assert 1 <= len(quoted) <= 3 and set(quoted) <= set(earlier)
+        else:
+            assert "Earlier:" not in system  # a speaker's first dialogue has no past
+        earlier.append(f"{row['turns'][0]['text']} => {row['turns'][1]['text']}")
+        assert told[1:] == plain[1:] == [{"role": t["role"], "content": t["text"]} for t in row["turns"]]
+
+
+def test_length_grouped_batches_hold_every_sequence_once_in_batches_of_similar_length():
+    lengths = torch.randint(5, 250, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
+    sequences = [([0] * n, [0] * n) for n in lengths]
+    batches = list(length_grouped_batches(sequences, 32, torch.Generator().manual_seed(0)))
+    assert sorted(len(s) for b in batches for s, _ in b) == sorted(lengths)
+    real = sum(lengths)
+    padded = sum(max(len(s) for s, _ in b) * len(b) for b in batches)
+    assert real / padded > 0.9  # random batches of these lengths: about half padding
+    frame = pl.DataFrame({"width": [max(len(s) for s, _ in b) for b in batches]})
+    assert frame["width"].n_unique() > 10  # shuffled across lengths, not one sorted pass

@@ -1,6 +1,5 @@
 """Every registered method, end to end on tiny data: fit, evaluate, MLflow run and artifacts."""
 
-import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -10,6 +9,7 @@ import torch
 
 from research.evaluation.metrics import METRICS
 from research.modules import METHODS
+from research.modules.base import source_fields
 from research.recipes.experiment import load_config
 from research.recipes.train import build_module, train_and_evaluate
 
@@ -19,18 +19,13 @@ def _client(cfg):
     return mlflow.tracking.MlflowClient()
 
 
-def _needs_sources(method: str) -> bool:
-    return any("source_method" in f.metadata for f in dataclasses.fields(METHODS[method].config_class))
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_logs_a_finished_run(method, experiment, source_runs):
-    if _needs_sources(method):  # built on finished runs: use the store that holds them
+    sources = source_fields(METHODS[method].config_class)
+    if sources:  # built on finished runs: use the store that holds them
         experiment, runs = source_runs
         experiment = [*experiment] + [  # runs of any method: the per-persona one
-            f"method_args.{f.name}={runs['per_persona_lora']}"
-            for f in dataclasses.fields(METHODS[method].config_class)
-            if f.metadata.get("source_method") == "*"
+            f"method_args.{name}={runs['per_persona_lora']}" for name, wanted in sources.items() if wanted == "*"
         ]
     cfg = load_config(None, [*experiment, "train.batch_size=2"], method)  # 12 steps: a train/loss point every 10
     result = train_and_evaluate(cfg)

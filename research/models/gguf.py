@@ -20,6 +20,16 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+from research.models.base import check_tokenizer_round_trip
+
+# What the saved directory must encode exactly as the GGUF's own tokenizer does: chat
+# markup, settings with numbers, a name, punctuation and a degree sign.
+ROUND_TRIP_TEXTS = [
+    "<|im_start|>system\nContext: evening, rainy, 11°C, Monday. User: Maya.<|im_end|>\n",
+    "User preferences: brightness 80, color daylight, speaker volume 55, temperature 21.",
+    "Lights at 80%, daylight! Putting your jazz playlist and the speaker to 50%.",
+]
+
 
 @dataclass(frozen=True)
 class GgufPreset:
@@ -141,6 +151,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> dict:
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        check_tokenizer_round_trip(tokenizer, partial, ROUND_TRIP_TEXTS)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         partial.rename(out_dir)

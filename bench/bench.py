@@ -12,13 +12,12 @@ Every figure printed is also written to bench/results.json (name -> number).
 from __future__ import annotations
 
 import bisect
-import sys
 import time
 from itertools import accumulate
 
 import lightning.pytorch as L
 import torch
-from record import record  # bench/ is on the path when a script here runs
+from record import arguments, record  # bench/ is on the path when a script here runs
 from transformers import get_linear_schedule_with_warmup
 
 from research.datamodules.persona import PersonaDataModule
@@ -28,8 +27,7 @@ from research.recipes.experiment import load_config
 from research.recipes.run import ensure_data_and_base
 from research.recipes.train import build_module, make_trainer
 
-TRAIN_STEPS = 60
-EVAL_TURNS = 512
+TRAIN_STEPS, EVAL_TURNS = 60, 512  # --smoke: 3, 16
 REPEATS = 2  # alternate the two sides and keep each side's best, so drift hits both
 
 
@@ -43,23 +41,24 @@ def tokens_in(batches) -> int:
     return int(sum(b["attention_mask"].sum() for b in batches))
 
 
-def lightning_train(cfg, datamodule) -> float:
+def lightning_train(cfg, datamodule, steps: int) -> float:
     module = lora_module(cfg, datamodule)
-    trainer = make_trainer(cfg, max_steps=TRAIN_STEPS, limit_val_batches=0, enable_progress_bar=False)
+    # no validation, so no early stopping on val/loss either (as in many_adapters.py)
+    trainer = make_trainer(cfg, max_steps=steps, limit_val_batches=0, enable_progress_bar=False, callbacks=[])
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     return time.perf_counter() - start
 
 
-def plain_train(cfg, datamodule) -> float:
+def plain_train(cfg, datamodule, steps: int) -> float:
     module = lora_module(cfg, datamodule)
     model = module.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     start = time.perf_counter()
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * TRAIN_STEPS), TRAIN_STEPS)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), steps)
     for step, batch in enumerate(datamodule.train_dataloader()):
-        if step == TRAIN_STEPS:
+        if step == steps:
             break
         with autocast(cfg.train.precision, torch.device("cpu")):
             loss = model(
@@ -103,28 +102,30 @@ def plain_eval(cfg, datamodule, module) -> float:
 
 
 def main() -> None:
-    cfg = load_config(None, sys.argv[1:], "unified_lora")
+    args = arguments(__doc__)
+    steps, eval_turns, repeats = (3, 16, 1) if args.smoke else (TRAIN_STEPS, EVAL_TURNS, REPEATS)
+    cfg = load_config(None, args.overrides, "unified_lora")
     ensure_data_and_base(cfg)
     tokenizer, _ = load_base(cfg.base_model)
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup()
-    tokens = tokens_in(b for _, b in zip(range(TRAIN_STEPS), datamodule.train_dataloader(), strict=False))
+    tokens = tokens_in(b for _, b in zip(range(steps), datamodule.train_dataloader(), strict=False))
 
     train_times = {"lightning": [], "plain": []}
-    for _ in range(REPEATS):
-        train_times["lightning"].append(lightning_train(cfg, datamodule))
-        train_times["plain"].append(plain_train(cfg, datamodule))
+    for _ in range(repeats):
+        train_times["lightning"].append(lightning_train(cfg, datamodule, steps))
+        train_times["plain"].append(plain_train(cfg, datamodule, steps))
 
-    # the first EVAL_TURNS val turns, as a split of their own so both sides see the same prompts
+    # the first `eval_turns` val turns, as a split of their own so both sides see the same prompts
     val = datamodule.examples["val"]
     datamodule.examples["bench"] = val[
-        : bisect.bisect_left(list(accumulate(len(e["turns"]) for e in val)), EVAL_TURNS) + 1
+        : bisect.bisect_left(list(accumulate(len(e["turns"]) for e in val)), eval_turns) + 1
     ]
     n_turns = datamodule.eval_turns("bench").height
     module = lora_module(cfg, datamodule)
     eval_times = {"project": [], "plain": []}
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         eval_times["project"].append(project_eval(cfg, datamodule, module))
         eval_times["plain"].append(plain_eval(cfg, datamodule, module))
 
@@ -138,7 +139,7 @@ def main() -> None:
         "eval_turns_per_s_plain_loop": n_turns / plain_eval_s,
         "eval_vs_plain_loop": project_s / plain_eval_s,
     }
-    print(f"training, {TRAIN_STEPS} steps x batch {cfg.train.batch_size}, {cfg.train.precision} ({tokens} tokens):")
+    print(f"training, {steps} steps x batch {cfg.train.batch_size}, {cfg.train.precision} ({tokens} tokens):")
     print(f"  Lightning module  {results['train_tokens_per_s_lightning']:8.0f} tokens/s")
     print(f"  plain loop        {results['train_tokens_per_s_plain_loop']:8.0f} tokens/s")
     print(f"  train_vs_plain_loop = {results['train_vs_plain_loop']:.3f} (target <= 1.2)")
@@ -146,7 +147,7 @@ def main() -> None:
     print(f"  project path      {results['eval_turns_per_s']:8.1f} turns/s")
     print(f"  plain loop        {results['eval_turns_per_s_plain_loop']:8.1f} turns/s")
     print(f"  eval_vs_plain_loop = {results['eval_vs_plain_loop']:.3f}")
-    record(results)
+    record(results, args.results)
 
 
 if __name__ == "__main__":

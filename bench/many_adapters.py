@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from record import record  # bench/ is on the path when a script here runs
+from record import arguments, record  # bench/ is on the path when a script here runs
 
 from research.recipes.train import build_module
 
-NAIVE_SAMPLE = 6  # personas trained the naive way; the time is scaled to all personas
-REPEATS = 2
+NAIVE_SAMPLE = 6  # personas trained the naive way; the time is scaled to all personas (--smoke: 2)
+REPEATS = 2  # --smoke: 1
 
 
 def _setup(overrides, method):
@@ -102,19 +101,21 @@ def main() -> None:
     from research.recipes.experiment import load_config
     from research.recipes.run import ensure_data_and_base
 
-    overrides = sys.argv[1:]
+    args = arguments(__doc__)
+    overrides = args.overrides
+    naive_sample, repeats = (2, 1) if args.smoke else (NAIVE_SAMPLE, REPEATS)
     ensure_data_and_base(load_config(None, overrides, "unified_lora"))
     train = {"unified_lora": [], "per_persona_lora": []}
     evaluate = {"unified_lora": [], "per_persona_lora": []}
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         for method in train:
             train[method].append(in_fresh_process(train_epoch, overrides, method))
             evaluate[method].append(in_fresh_process(generate_test, overrides, method))
-    naive_s, personas = in_fresh_process(naive_train, overrides, NAIVE_SAMPLE)
+    naive_s, personas = in_fresh_process(naive_train, overrides, naive_sample)
 
     unified_s = min(s for s, _ in train["unified_lora"])
     per_persona_s = min(s for s, _ in train["per_persona_lora"])
-    naive_all_s = naive_s / NAIVE_SAMPLE * personas
+    naive_all_s = naive_s / naive_sample * personas
     unified_eval_s = min(s for s, _ in evaluate["unified_lora"])
     per_persona_eval_s = min(s for s, _ in evaluate["per_persona_lora"])
     turns = evaluate["unified_lora"][0][1]
@@ -133,7 +134,7 @@ def main() -> None:
     print(f"training one epoch, {personas} personas:")
     print(f"  unified LoRA (one adapter)          {unified_s:8.1f} s")
     print(f"  per-persona, group engine (1 loop)  {per_persona_s:8.1f} s")
-    print(f"  per-persona, naive ({NAIVE_SAMPLE} timed, scaled) {naive_all_s:8.1f} s")
+    print(f"  per-persona, naive ({naive_sample} timed, scaled) {naive_all_s:8.1f} s")
     print(f"  per_persona_train_vs_unified       = {results['per_persona_train_vs_unified']:.3f} (target <= 1.3)")
     print(f"  naive_per_persona_train_vs_unified = {results['naive_per_persona_train_vs_unified']:.2f}")
     print(f"generating the test split ({turns} turns), mixed-adapter batches:")
@@ -143,7 +144,7 @@ def main() -> None:
         f"peak RSS while training: unified {results['unified_train_peak_rss_mb']:.0f} MB, "
         f"{personas} adapters {results['per_persona_train_peak_rss_mb']:.0f} MB"
     )
-    record(results)
+    record(results, args.results)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,28 @@
-"""bench/results.json: every benchmark's figures, name -> number, merged run to run."""
+"""What every benchmark script shares: its command line and bench/results.json."""
 
+import argparse
 import json
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("results.json")
 
 
-def record(figures: dict[str, float]) -> None:
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (a few steps, turns, trials): checks that the script runs and records its "
+        "figures, as `make test` does; its timings mean nothing",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file the figures are merged into")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="experiment config, e.g. data.dir=...")
+    return parser.parse_args()
+
+
+def record(figures: dict[str, float], path: Path = RESULTS) -> None:
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(
         json.dumps(previous | {k: round(v, 4) for k, v in figures.items()}, indent=2, sort_keys=True) + "\n"
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")

@@ -9,13 +9,12 @@ bench/results.json with the other figures printed.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-from record import record  # bench/ is on the path when a script here runs
+from record import arguments, record  # bench/ is on the path when a script here runs
 
-TRIALS = 3
+TRIALS = 3  # --smoke: 2 (the first is reported apart)
 SPEC = """objective: val/embedding_similarity
 direction: maximize
 trials: {trials}
@@ -32,15 +31,16 @@ def main() -> None:
 
     from research.recipes.sweep import run_sweep
 
+    args = arguments(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.yaml"
-        spec.write_text(SPEC.format(trials=TRIALS))
+        spec.write_text(SPEC.format(trials=2 if args.smoke else TRIALS))
         overrides = [
             f"tracking.uri=sqlite:///{tmp}/mlflow.db",
             f"tracking.artifacts={tmp}/artifacts",
             "train.max_epochs=1",
             "eval.splits=val",
-            *sys.argv[1:],
+            *args.overrides,
         ]
         summary = run_sweep("unified_lora", overrides, spec_path=spec)
         study = optuna.load_study(study_name=summary["study"], storage=f"sqlite:///{tmp}/optuna.db")
@@ -57,7 +57,7 @@ def main() -> None:
         "sweep_trial_overhead_fraction": sum(fractions[1:]) / len(fractions[1:]),
     }
     print(f"sweep_trial_overhead_fraction = {results['sweep_trial_overhead_fraction']:.3f} (target < 0.10)")
-    record(results)
+    record(results, args.results)
 
 
 if __name__ == "__main__":

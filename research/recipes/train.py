@@ -65,6 +65,8 @@ class RestoreBestWeights(Callback):
 
 def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
     """The Trainer every method fits with (benchmarks use it too, so they measure this)."""
+    # tqdm like every other bar here (rich draws nothing in logs); none where a caller turns bars off
+    progress = [TQDMProgressBar(refresh_rate=10)] if overrides.get("enable_progress_bar", True) else []
     settings = dict(
         max_epochs=cfg.train.max_epochs,
         precision=cfg.train.precision,
@@ -74,7 +76,7 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
         callbacks=[
             EarlyStopping(cfg.train.monitor, patience=cfg.train.patience),
             RestoreBestWeights(cfg.train.monitor),
-            TQDMProgressBar(refresh_rate=10),  # tqdm like every other bar here; rich draws nothing in logs
+            *progress,
         ],
         enable_checkpointing=False,
         enable_model_summary=False,

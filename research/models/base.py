@@ -50,15 +50,16 @@ class BaseConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 704
     max_length: int = 256
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
     # "all": every token of the chat text; "assistant": the replies only (as in instruction
-    # tuning), so the random settings in system turns are read, never predicted
-    loss_on: Literal["all", "assistant"] = "all"
+    # tuning), so the random settings in system turns are read, never predicted. Measured:
+    # told the preferences, the zero-shot base copied a name 33/40 with "assistant", 0/40 with "all"
+    loss_on: Literal["all", "assistant"] = "assistant"
     p_name: float = 0.5  # share of dialogues whose system turn names the speaker
-    p_preferences: float = 0.5  # ... states the speaker's settings
+    p_preferences: float = 0.8  # ... states the speaker's settings
     p_history: float = 0.3  # ... quotes 1..max_history of the speaker's earlier exchanges
     max_history: int = 3
 

@@ -103,7 +103,8 @@ def cmd_score(args) -> None:
         "reference": {"devices": sorted(ref.devices), "triples": sorted(ref.triples), "numbers": ref.numbers},
         "prediction": {"devices": sorted(pred.devices), "triples": sorted(pred.triples), "numbers": pred.numbers},
     }
-    print(json.dumps({**{k: round(v, 4) for k, v in row.items()}, "extracted": detail}, indent=2))
+    scores = {k: None if v is None else round(v, 4) for k, v in row.items()}  # None: not scored on this turn
+    print(json.dumps({**scores, "extracted": detail}, indent=2))
 
 
 def cmd_sweep(args) -> None:

@@ -19,7 +19,7 @@ def test_score_prints_the_turn_metrics_as_json():
     scores = json.loads(out.stdout)
     assert scores["device_precision"] == 1.0 and scores["numerical_precision"] == 0.5
     assert 0 < scores["embedding_similarity"] < 1
-    assert scores["extracted"]["prediction"]["numbers"] == [20, 50]
+    assert scores["extracted"]["prediction"]["numbers"] == ["20", "50"]
 
 
 def test_bad_override_is_a_clear_error():

@@ -1,14 +1,19 @@
 """The instrument's pieces: what base pretraining shows in system turns, its batches, and
 the verdict on a told model."""
 
+import json
+import shutil
+from types import SimpleNamespace
+
 import polars as pl
 import torch
 
 from research.data.schema import load_dataset
+from research.evaluation.metrics import METRICS_VERSION
 from research.models.base import BaseConfig, length_grouped_batches, pretraining_conversations
-from research.recipes.run import instrument_warnings
+from research.recipes.run import ensure_data_and_base, instrument_warnings
 
-ANCHORS = {"true_preferences": {"param_f1": 1.0, "numerical_precision": 1.0}}
+ANCHORS = {"true_preferences": {"param_f1": 1.0, "numerical_precision": 1.0}, "metrics_version": METRICS_VERSION}
 
 
 def test_the_verdict_names_each_metric_below_the_bar_and_passes_a_model_that_reads_its_prompt():
@@ -17,6 +22,22 @@ def test_the_verdict_names_each_metric_below_the_bar_and_passes_a_model_that_rea
     assert warning.startswith("param_f1 0.400 told the true preferences, against 1.000")
     assert instrument_warnings({"test/param_f1": 0.93, "test/numerical_precision": 0.91}, ANCHORS) == []
     assert "unchecked" in instrument_warnings(told_badly, None)[0]
+
+
+def test_anchors_scored_with_other_metrics_are_flagged_and_re_scored(data_root, tmp_path):
+    stale = {**ANCHORS, "metrics_version": METRICS_VERSION - 1}
+    assert "regenerate the dataset" in instrument_warnings({"test/param_f1": 1.0}, stale)[0]
+    shutil.copytree(data_root, tmp_path / "data")
+    meta_path = tmp_path / "data" / "personas" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["oracle_headroom"]["metrics_version"] = METRICS_VERSION - 1
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")  # a base is present: only the data is checked
+    rows = (tmp_path / "data" / "personas" / "dialogues.parquet").read_bytes()
+    ensure_data_and_base(SimpleNamespace(data=SimpleNamespace(dir=str(meta_path.parent)), base_model=tmp_path / "base"))
+    assert json.loads(meta_path.read_text())["oracle_headroom"]["metrics_version"] == METRICS_VERSION
+    assert (tmp_path / "data" / "personas" / "dialogues.parquet").read_bytes() == rows  # same rows, new anchors
 
 
 def test_pretraining_shows_names_settings_and_only_earlier_exchanges_of_the_same_speaker(data_root):

@@ -1,3 +1,7 @@
+import json
+from pathlib import Path
+
+import polars as pl
 import pytest
 
 from research.evaluation.metrics import extract, overall, per_persona, score_turns, structured_scores
@@ -29,6 +33,8 @@ def test_study_worked_example():
             {("lights", "brightness", "0"), ("lock", "state", "locked")},
         ),
         ("one hundred percent brightness", {("lights", "brightness", "100")}),
+        ("Bumping the brightness to a hundred percent.", {("lights", "brightness", "100")}),
+        ("I've set it to 22 degrees.", {("ac", "temperature", "22")}),
         ("You're welcome!", set()),
     ],
 )
@@ -45,11 +51,68 @@ def test_synonyms_map_to_devices():
     }
 
 
-def test_empty_sides():
-    nothing = structured_scores("You're welcome!", "Anytime!")
-    assert nothing["device_precision"] == nothing["device_recall"] == nothing["numerical_precision"] == 1.0
-    silent = structured_scores("Setting the lights to 40%.", "Okay!")
-    assert silent["device_precision"] == silent["device_recall"] == silent["param_f1"] == 0.0
+def test_a_turn_with_nothing_to_set_scores_only_mistakes():
+    silent = structured_scores("You're welcome!", "Anytime!")
+    assert set(silent.values()) == {None}  # no evidence either way: not scored, not a free 1.0
+    acting = structured_scores("You're welcome!", "Setting the lights to 40%.")
+    assert acting["param_precision"] == acting["param_f1"] == acting["numerical_precision"] == 0.0
+    assert acting["param_recall"] is None and acting["device_recall"] is None
+    mute = structured_scores("Setting the lights to 40%.", "Okay!")
+    assert mute["device_precision"] == mute["device_recall"] == mute["param_f1"] == 0.0
+
+
+def test_unscored_turns_leave_the_persona_mean_to_the_scored_ones():
+    turns = pl.DataFrame({"persona_id": ["a", "a"]}).hstack(
+        score_turns(["You're welcome!", "Lights to 40%."], ["Anytime!", "Lights to 40%."])
+    )
+    assert per_persona(turns)["param_f1"].to_list() == [1.0]
+    assert score_turns(["You're welcome!"], ["Anytime!"])["param_f1"].to_list() == [None]
+
+
+@pytest.mark.parametrize(
+    ("text", "triples"),
+    [
+        # stray words are not settings
+        ("One moment. Setting the AC to heat mode.", {("ac", "mode", "heat")}),
+        ("Cool! The lights are at 40%.", {("lights", "brightness", "40")}),
+        ("It's warm in here, so I've switched the AC to cool.", {("ac", "mode", "cool")}),
+        ("Setting the lights to 40% in 5 minutes.", {("lights", "brightness", "40")}),
+        ("It's 8 degrees outside, so I've turned the heating to 23.", {("ac", "temperature", "23")}),
+        # decimals stay decimals
+        ("Thermostat to 21.5°C.", {("ac", "temperature", "21.5")}),
+        ("AC's at twenty one point five degrees.", {("ac", "temperature", "21.5")}),
+        # superlatives and min/max words: the parameter's range bound
+        ("Lights at their brightest.", {("lights", "brightness", "100")}),
+        ("Telly's volume set to the minimum.", {("tv", "volume", "0")}),
+        ("Quarter volume on the TV.", {("tv", "volume", "25")}),
+        ("The TV is muted.", {("tv", "volume", "0")}),
+        # a parameter without its device named
+        ("Warm white, 60%.", {("lights", "color", "warm"), ("lights", "brightness", "60")}),
+        # number words
+        ("Thermostat's been set to nineteen and a half degrees.", {("ac", "temperature", "19.5")}),
+    ],
+)
+def test_cases_the_extractor_used_to_misread(text, triples):
+    assert extract(text).triples == triples
+
+
+def test_decimals_do_not_round_into_a_match():
+    assert structured_scores("Setting the thermostat to 22 degrees.", "Thermostat to 21.5°C.")["param_f1"] == 0.0
+
+
+def test_phrasing_set_agreement(capsys):
+    """Phrasings written the way people talk, not from the simulator's templates: the
+    extractor must read devices and triples exactly as the person who wrote them did."""
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "phrasings.jsonl").read_text().splitlines()]
+    misread = []
+    for row in rows:
+        found = extract(row["text"])
+        if found.devices != set(row["devices"]) or found.triples != {tuple(t) for t in row["triples"]}:
+            misread.append(f"{row['text']!r}: read {sorted(found.triples)}, written {row['triples']}")
+    agreement = 1 - len(misread) / len(rows)
+    with capsys.disabled():
+        print(f"\nextractor agreement on {len(rows)} written phrasings: {agreement:.1%}", *misread, sep="\n  ")
+    assert len(rows) >= 100 and agreement >= 0.95
 
 
 def test_embedding_similarity_ranks_paraphrase_above_unrelated():
@@ -63,8 +126,6 @@ def test_embedding_similarity_ranks_paraphrase_above_unrelated():
 
 
 def test_every_persona_weighs_the_same():
-    import polars as pl
-
     turns = pl.DataFrame({"persona_id": ["a", "a", "a", "b"]}).hstack(
         score_turns(["lights to 40%"] * 4, ["lights to 40%", "lights to 40%", "lights to 40%", "tv on"])
     )

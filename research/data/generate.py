@@ -88,7 +88,7 @@ def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, sco
     return result
 
 
-def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer) -> dict:
+def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_version: int) -> dict:
     """Write OUT/personas (with the oracle headroom, scored by `score`, in meta.json) and OUT/neutral."""
     out = Path(out)
     personas, dialogues, oracle, population = simulate(cfg.personas, cfg.dialogues, cfg.seed)
@@ -100,6 +100,7 @@ def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer) -> dict:
         dict(zip(ids, population, strict=True)),
         score,
     )
+    headroom["metrics_version"] = metrics_version
     write_dataset(
         out / "personas",
         persona_df,

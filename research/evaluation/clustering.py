@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from research.config import ClusteringConfig
+from research.data.domain import NUMERIC_PARAMETERS
 from research.data.schema import load_dataset
 from research.evaluation.metrics import extract
 from research.models.embedder import load_embedder
@@ -66,7 +67,7 @@ def behaviour_features(datamodule) -> np.ndarray:
             for device in found.devices:
                 counts[f"uses {device}"] += 1
             for device, parameter, value in found.triples:
-                if value.isdigit():
+                if parameter in NUMERIC_PARAMETERS:
                     values[f"{device} {parameter}"].append(float(value))
                 else:
                     counts[f"{device} {parameter}={value}"] += 1

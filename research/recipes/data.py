@@ -7,7 +7,8 @@ from pathlib import Path
 
 from research.data.generate import SimulatorConfig, generate
 from research.evaluation.generation import score
+from research.evaluation.metrics import METRICS_VERSION
 
 
 def generate_dataset(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "") -> dict:
-    return generate(cfg, out, lambda predictions: score(predictions, embedder)[2])
+    return generate(cfg, out, lambda predictions: score(predictions, embedder)[2], METRICS_VERSION)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from research.data.generate import SimulatorConfig
+from research.evaluation.metrics import METRICS_VERSION
 from research.models.base import BaseConfig, pretrain_from_dataset
 from research.recipes.data import generate_dataset
 from research.recipes.experiment import load_config
@@ -30,11 +31,18 @@ INSTRUMENT_METRICS = ("param_f1", "numerical_precision")
 
 
 def ensure_data_and_base(cfg) -> None:
-    """Generate the dataset and pretrain the base model when they are missing."""
+    """Generate the dataset and pretrain the base model when they are missing; re-score the
+    simulator's anchors when they were scored with other metrics."""
     data_dir, base_dir = Path(cfg.data.dir), Path(cfg.base_model)
     if not (data_dir / "meta.json").exists():
         print(f"generating the persona dataset into {data_dir.parent}")
         generate_dataset(SimulatorConfig(), data_dir.parent)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    scored_with = meta.get("oracle_headroom", {}).get("metrics_version")
+    if scored_with != METRICS_VERSION and "simulator" in meta:
+        # the simulator is deterministic: the same settings rewrite the same rows, new anchors
+        print(f"re-scoring the anchors of {data_dir} (metrics version {scored_with} -> {METRICS_VERSION})")
+        generate_dataset(SimulatorConfig(**meta["simulator"]), data_dir.parent)
     if not (base_dir / "config.json").exists():
         print(f"pretraining the base model into {base_dir}")
         pretrain_from_dataset(data_dir.parent / "neutral", base_dir, BaseConfig())
@@ -44,6 +52,11 @@ def instrument_warnings(told: dict[str, float], headroom: dict | None, split: st
     """What is wrong with the instrument, if anything: the told model far below the anchor."""
     if not headroom:
         return ["no simulator anchors for this dataset (meta.json has no oracle_headroom): the instrument is unchecked"]
+    if headroom.get("metrics_version") != METRICS_VERSION:
+        return [
+            f"the simulator's anchors were scored with metrics version {headroom.get('metrics_version')}, these "
+            f"runs with {METRICS_VERSION}: regenerate the dataset (research data generate) to re-score them"
+        ]
     warnings = []
     for metric in INSTRUMENT_METRICS:
         anchor, value = headroom["true_preferences"][metric], told[f"{split}/{metric}"]

@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base ui bench clean
+.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base ui ui-check bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -60,9 +60,11 @@ sweep-distributed-test: $(STAMP) ## 2 sweep workers on one study via a real Post
 promote: $(STAMP) ## route personas to a registered model: make promote MODEL=per_persona_lora VERSION=1 [PERSONAS=p1,p2|all]
 	$(PY) -m research.cli promote $(MODEL) $(VERSION) --personas $(or $(PERSONAS),all) $(ARGS)
 
-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT) (one worker)
-	mkdir -p mlruns
-	.venv/bin/mlflow ui --backend-store-uri $(TRACKING) --host 127.0.0.1 --port $(PORT) --workers 1
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT), printing the runs-table URL (the study's metric columns)
+	$(PY) -m research.cli ui --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
+
+ui-check: $(STAMP) ## the runs table and a two-method comparison in headless Chromium -> reports/ui/*.png
+	$(PY) -m research.cli ui --check --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
 
 BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json; each script runs even if another fails

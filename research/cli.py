@@ -210,6 +210,24 @@ def cmd_instrument(args) -> None:
     main_job(args.overrides, methods=("unified_lora",))
 
 
+def cmd_ui(args) -> None:
+    from research.config import ConfigError, TrackingConfig, build, parse_overrides
+    from research.recipes.ui import UiCheckError, check, serve
+
+    tree = parse_overrides(args.overrides)
+    if other := sorted(set(tree) - {"tracking"}):
+        raise ConfigError(f"research ui takes tracking.* overrides only, not {', '.join(other)}")
+    tracking = build(TrackingConfig, tree.get("tracking", {}), "tracking")
+    if not args.check:
+        serve(tracking, args.port)
+    try:
+        for shot in check(tracking, args.port, Path(args.out)):
+            print(f"ok: {shot}")
+    except UiCheckError as err:
+        print(f"ui-check failed: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="research",
@@ -377,6 +395,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     instrument.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. base_model=models/smollm2")
     instrument.set_defaults(func=cmd_instrument)
+
+    ui = sub.add_parser(
+        "ui",
+        help="the MLflow UI, opened on the runs table with the study's metric columns",
+        description="Prints the runs-table URL (a saved view 'study metrics' with the dataset and the test "
+        "metrics as columns) and runs the MLflow UI on 127.0.0.1. With --check: opens the runs table and a "
+        "comparison of the latest runs of two methods in headless Chromium, saves screenshots under --out, "
+        "and exits 1 if a page shows an error or not the runs.",
+    )
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--check", action="store_true", help="screenshot and check the pages instead of serving")
+    ui.add_argument("--out", default="reports/ui", help="where --check saves its screenshots")
+    ui.add_argument("overrides", nargs="*", metavar="tracking.key=value", help="e.g. tracking.experiment=mine")
+    ui.set_defaults(func=cmd_ui)
 
     # key=value overrides may also follow options (`promote M V --routing DIR tracking.uri=...`),
     # which argparse leaves over once a positional list has matched

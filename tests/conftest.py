@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny simulated dataset and a tiny base model, built once per session
-with the real code paths (simulator, tokenizer training, Qwen2 pretraining)."""
+with the real code paths (simulator, tokenizer training, Llama pretraining)."""
 
 import os
 

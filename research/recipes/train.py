@@ -27,13 +27,15 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from research.config import ExperimentConfig, flatten, to_dict
+from research.data.schema import load_dataset
 from research.datamodules.persona import PersonaDataModule
 from research.evaluation.clustering import behaviour_features, cluster_personas, description_features, log_clustering
 from research.evaluation.generation import generate_split, score
 from research.models.base import base_fingerprint, load_base
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
-from research.tracking.runs import RunLogger, experiment_id, tracked_run
+from research.recipes.experiment import load_config
+from research.tracking.runs import RunLogger, experiment_id, log_dataset, tracked_run
 from research.tracking.sources import resolve_sources
 
 
@@ -130,6 +132,24 @@ def resolved_config(cfg: ExperimentConfig, sources: dict[str, list[Source]]) -> 
     return dataclasses.replace(cfg, method_args=dataclasses.replace(cfg.method_args, **values))
 
 
+def describe(cfg: ExperimentConfig) -> str:
+    """The method and what differs from its defaults, e.g. "unified_lora data.oracle_preferences=True",
+    so two runs that differ read differently in the MLflow runs table."""
+    defaults = flatten(to_dict(load_config(method=cfg.method)))
+
+    def short(value) -> str:  # a path by its last part, a run id by its first 8 characters
+        text = str(value).rstrip("/")
+        text = text.rsplit("/", 1)[-1]
+        return text[:8] if len(text) == 32 and text.isalnum() else text[:24]
+
+    changed = [
+        f"{key}={short(value)}"
+        for key, value in flatten(to_dict(cfg)).items()
+        if not key.startswith(("tracking.", "data.cache_dir")) and value != defaults.get(key)
+    ]
+    return " ".join([cfg.method, *changed])
+
+
 def run_tags(cfg: ExperimentConfig, datamodule: PersonaDataModule) -> dict[str, str]:
     """What a run was made on; sources must match it."""
     return {
@@ -211,7 +231,9 @@ def train_and_evaluate(
     sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
     tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
     cfg = resolved_config(cfg, sources)
-    with tracked_run(cfg.tracking, run_name or cfg.method, tags, flatten(to_dict(cfg)), parent_run_id) as run:
+    run_name = run_name or describe(cfg)
+    with tracked_run(cfg.tracking, run_name, tags, flatten(to_dict(cfg)), parent_run_id) as run:
+        log_dataset(load_dataset(cfg.data.dir)[1], cfg.data.dir, datamodule.data_fingerprint)
         module, provided = build_module(cfg, model, tokenizer, datamodule, sources)
         if provided.clustering is not None:
             log_clustering(provided.clustering, needs.clustering)
@@ -246,4 +268,4 @@ def train_and_evaluate(
                 module.save_adapter(out / "adapter")
             mlflow.log_artifacts(tmp)
         seconds["time/total_s"] = time.perf_counter() - started
-    return RunResult(run.info.run_id, run_name or cfg.method, metrics, per_persona_table, seconds)
+    return RunResult(run.info.run_id, run_name, metrics, per_persona_table, seconds)

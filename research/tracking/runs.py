@@ -4,14 +4,43 @@ created, never reused, so nothing already logged is overwritten."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import polars as pl
 from lightning.pytorch.loggers import MLFlowLogger
 
 from research.config import TrackingConfig
+from research.evaluation.metrics import METRICS
+
+# The MLflow UI's runs table shows no metric column until one is chosen, and keeps that choice
+# in the browser. A saved view is an experiment tag (the UI's "Views" menu; this key and
+# envelope are what MLflow 3's UI writes), so every browser can open the study's columns.
+STUDY_VIEW = "study"
+STUDY_COLUMNS = ["attributes.`Dataset`"] + [
+    f"metrics.`test/{m}`" for m in ("param_f1", "numerical_precision", "embedding_similarity", *METRICS[1:5])
+]
+
+
+def _experiment_tags() -> dict[str, str]:
+    now = int(time.time() * 1000)
+    state = {
+        "selectedColumns": STUDY_COLUMNS,
+        "columnWidths": dict.fromkeys(STUDY_COLUMNS[1:], 170),
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+    view = {"name": "study metrics", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    return {
+        # the UI opens an experiment of this kind on its runs table, not the GenAI overview
+        "mlflow.experimentKind": "custom_model_development",
+        f"mlflow.sharedViewState.{STUDY_VIEW}": json.dumps(view),
+    }
 
 
 def experiment_id(cfg: TrackingConfig) -> str:
@@ -20,11 +49,36 @@ def experiment_id(cfg: TrackingConfig) -> str:
     mlflow.set_tracking_uri(cfg.uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
+        for key, value in _experiment_tags().items():
+            if key not in experiment.tags:  # an experiment made before the tag existed
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     if cfg.uri.startswith(("http://", "https://")):  # a tracking server stores artifacts itself (proxied)
-        return mlflow.create_experiment(cfg.experiment)
+        return mlflow.create_experiment(cfg.experiment, tags=_experiment_tags())
     location = Path(cfg.artifacts).resolve().as_uri() if "://" not in cfg.artifacts else cfg.artifacts
-    return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    return mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=_experiment_tags())
+
+
+def runs_table_url(host: str, experiment: str) -> str:
+    """The runs table with the study's metric columns and the dataset."""
+    return f"{host.rstrip('/')}/#/experiments/{experiment}/runs?viewStateShareKey={STUDY_VIEW}"
+
+
+def compare_url(host: str, experiment: str, run_ids: list[str]) -> str:
+    """MLflow's side-by-side comparison of runs: every param and metric in one table."""
+    return f"{host.rstrip('/')}/#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps([experiment])}"
+
+
+def log_dataset(dialogues: pl.DataFrame, directory: str | Path, digest: str) -> None:
+    """The dataset as the active run's MLflow dataset input (name, digest, schema, source), so
+    the runs table's Dataset column shows what each run was trained and evaluated on."""
+    directory = Path(directory).resolve()
+    with warnings.catch_warnings():  # MLflow registers both "" and "file" for local paths, and says so
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_polars(
+            dialogues, source=directory.as_uri(), name=f"{directory.parent.name}/{directory.name}", digest=digest
+        )
+    mlflow.log_input(dataset, context="train+eval")
 
 
 def git_sha() -> str:

@@ -42,8 +42,14 @@ def test_every_method_logs_a_finished_run(method, experiment, source_runs):
     predictions = pl.read_parquet(f"{artifacts}/predictions.parquet")
     assert {"persona_id", "dialogue_id", "turn", "reference", "prediction"} <= set(predictions.columns)
     assert load_config(f"{artifacts}/config.yaml").method == method
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [run.data.tags["dataset"]]
+    models = _client(cfg).search_logged_models([run.info.experiment_id], f"source_run_id = '{result.run_id}'")
     if method != "no_adaptation":
         assert list(Path(artifacts, "adapter").rglob("adapter_config.json")), "adapter(s) in PEFT format"
+        [model] = models  # the adapter as an MLflow logged model, pointing at the run's adapter/
+        assert model.tags["adapter_uri"].endswith("/adapter") and "test/param_f1" in {m.key for m in model.metrics}
+    else:
+        assert not models
     if method == "unified_lora":
         for curve in ("train/loss", "val/loss"):
             assert _client(cfg).get_metric_history(result.run_id, curve), f"{curve} curve logged"

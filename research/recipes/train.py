@@ -35,7 +35,7 @@ from research.models.base import base_fingerprint, load_base
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
 from research.recipes.experiment import load_config
-from research.tracking.runs import RunLogger, experiment_id, log_dataset, tracked_run
+from research.tracking.runs import RunLogger, experiment_id, log_adapter_model, log_dataset, tracked_run
 from research.tracking.sources import resolve_sources
 
 
@@ -257,7 +257,11 @@ def train_and_evaluate(
             "time/fit_s": eval_started - fit_started,
             "time/eval_s": time.perf_counter() - eval_started,
         }
-        mlflow.log_metrics(metrics | seconds)
+        model_id = None
+        if module.adapter_kind != "none":
+            model_id = log_adapter_model(run, cfg.method, module.adapter_kind, cfg.base_model)
+        mlflow.log_metrics(metrics, model_id=model_id)
+        mlflow.log_metrics(seconds)
         per_persona_table = pl.concat(personas)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)

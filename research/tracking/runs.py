@@ -59,6 +59,22 @@ def experiment_id(cfg: TrackingConfig) -> str:
     return mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=_experiment_tags())
 
 
+def log_adapter_model(run, method: str, kind: str, base_model: str) -> str:
+    """The run's `adapter/` as an MLflow 3 logged model: the runs table's Models column, a model
+    page carrying the run's test metrics, a registry version linked to it. The weights stay
+    in the run's `adapter/` artifact, which sources and the registry read, so the logged
+    model points there (tag `adapter_uri`) instead of holding a second copy."""
+    model = mlflow.create_external_model(
+        name=method,
+        source_run_id=run.info.run_id,
+        model_type=f"peft-{kind}",
+        params={"base_model": base_model},
+        tags={"adapter_uri": f"{run.info.artifact_uri}/adapter"},
+        experiment_id=run.info.experiment_id,
+    )
+    return model.model_id
+
+
 def runs_table_url(host: str, experiment: str) -> str:
     """The runs table with the study's metric columns and the dataset."""
     return f"{host.rstrip('/')}/#/experiments/{experiment}/runs?viewStateShareKey={STUDY_VIEW}"

@@ -56,12 +56,7 @@ def register(tracking_uri: str, run_id: str, alias: str = "candidate"):
     except MlflowException:
         client.create_registered_model(name, description=f"adapters of {name} runs (persona-lab)")
     tags = {k: run.data.tags[k] for k in ("method", "dataset", "base_model", "base_fingerprint") if k in run.data.tags}
-    source = f"{run.info.artifact_uri}/adapter"
-    logged = client.search_logged_models(
-        [run.info.experiment_id], f"source_run_id = '{run_id}'", max_results=1
-    )  # runs made before adapters were logged models have none
-    model_id = logged[0].model_id if logged else None
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/adapter", run_id=run_id, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     return version
 

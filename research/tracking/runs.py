@@ -60,10 +60,12 @@ def experiment_id(cfg: TrackingConfig) -> str:
 
 
 def log_adapter_model(run, method: str, kind: str, base_model: str) -> str:
-    """The run's `adapter/` as an MLflow 3 logged model: the runs table's Models column, a model
-    page carrying the run's test metrics, a registry version linked to it. The weights stay
-    in the run's `adapter/` artifact, which sources and the registry read, so the logged
-    model points there (tag `adapter_uri`) instead of holding a second copy."""
+    """The run's `adapter/` as an MLflow 3 logged model: the runs table's Models column and a
+    model page carrying the run's test metrics. The weights stay in the run's `adapter/`
+    artifact, which sources and the registry read, so the logged model points there (tag
+    `adapter_uri`) instead of holding a second copy. Registry versions stay linked to the
+    run: MLflow's SQL registry records a version's model only for a `models:/<id>` source,
+    which would serve the logged model's own (empty) artifacts."""
     model = mlflow.create_external_model(
         name=method,
         source_run_id=run.info.run_id,

@@ -419,10 +419,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from research.config import ConfigError
     from research.data.schema import DataError
+    from research.evaluation.statistics import StatisticsError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, StatisticsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from research.evaluation.statistics import compare
+from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 
 
 def _table(scores, split="test"):
@@ -26,3 +26,49 @@ def test_compare_counts_improved_personas_and_tests_the_paired_difference():
     from scipy import stats
 
     assert result["p_value"] == pytest.approx(stats.ttest_rel([0.6, 0.6, 0.9, 0.7], [0.5, 0.6, 0.7, 0.8]).pvalue)
+
+
+def test_compare_refuses_personas_missing_on_one_side_and_empty_sides():
+    with pytest.raises(StatisticsError, match=r"4 in the method, 3 in the baseline; 1 on one side only, e.g. p3"):
+        compare(_table([0.5] * 4), _table([0.5] * 3))
+    with pytest.raises(StatisticsError, match="no test personas on the baseline side"):
+        compare(_table([0.5] * 4), _table([0.5] * 4, "val"))
+
+
+def test_compare_does_not_depend_on_row_order():
+    method, base = _table([0.6, 0.2, 0.9, 0.7, 0.4]), _table([0.5, 0.6, 0.7, 0.8, 0.1])
+    assert compare(method, base) == compare(method.reverse(), base.sample(fraction=1.0, shuffle=True, seed=3))
+
+
+def test_holm_matches_a_hand_computed_case():
+    # sorted p: 0.01 (x3), 0.02 (x2), 0.04 (x1); step-down keeps the running maximum
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_the_bar_names_what_a_method_misses_and_headroom_is_the_gap_it_closes():
+    result = {"improved_share": 0.75, "mean_difference": 0.05, "min_persona": 0.72, "baseline_mean": 0.60}
+    assert verdict(result, 0.01) == []
+    assert verdict({**result, "improved_share": 0.6, "min_persona": 0.5}, 0.2) == [
+        "improved 60% <= 60%",
+        "min persona 0.500 <= 0.70",
+        "p 0.2 >= 0.05",
+    ]
+    assert headroom_captured(result, 0.80) == pytest.approx(0.25)  # +0.05 of the 0.20 gap
+    assert headroom_captured(result, None) is None
+
+
+def test_runs_on_different_splits_or_prompts_are_refused_naming_the_field(tmp_path):
+    import mlflow
+
+    from research.recipes.analysis import check_comparable
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    made = []
+    for test_fraction in ("0.1666", "0.25"):
+        with mlflow.start_run(tags={"dataset": "d1", "base_fingerprint": "b1"}) as run:
+            mlflow.log_params({"data.test_fraction": test_fraction, "data.val_fraction": "0.1666"})
+        made.append(mlflow.get_run(run.info.run_id))
+    check_comparable(made[0], made[0])
+    with pytest.raises(StatisticsError, match=r"differ in data.test_fraction \(0.1666 vs 0.25\)"):
+        check_comparable(*made)

@@ -3,6 +3,7 @@ personas on their own (`research compare`, `research cluster`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,8 @@ import polars as pl
 from research.config import ClusteringConfig, DataConfig, TrackingConfig, build, parse_overrides
 from research.datamodules.persona import PersonaDataModule
 from research.evaluation.clustering import Clustering, cluster_personas, plot
-from research.evaluation.statistics import compare
+from research.evaluation.metrics import METRICS_VERSION
+from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
 from research.tracking.runs import experiment_id
 from research.tracking.sources import find_source
@@ -21,22 +23,66 @@ def per_persona_table(run_id: str) -> pl.DataFrame:
     return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_persona.parquet"))
 
 
+# what two runs must share for their per-persona scores to be compared (tags, then params)
+COMPARABLE_TAGS = ("dataset", "base_fingerprint")
+COMPARABLE_PARAMS = (
+    "data.val_fraction",
+    "data.test_fraction",
+    "data.user_name",
+    "data.oracle_preferences",
+    "data.max_length",
+    "eval.max_new_tokens",
+)
+
+
+def check_comparable(run, baseline) -> None:
+    """Refuse to compare runs made on different data, splits, prompts or base, naming the field."""
+    for source, fields in (("data", COMPARABLE_TAGS), ("params", COMPARABLE_PARAMS)):
+        for field in fields:
+            ours, theirs = (
+                getattr(r.data, "tags" if source == "data" else "params").get(field) for r in (run, baseline)
+            )
+            if ours != theirs:
+                raise StatisticsError(
+                    f"run {run.info.run_id[:8]} and baseline {baseline.info.run_id[:8]} differ in {field} "
+                    f"({ours} vs {theirs}): their scores are not comparable"
+                )
+
+
+def true_preferences_anchor(run, metric: str, split: str) -> float | None:
+    """The simulator's true-preferences anchor on `metric`, from the run's dataset meta.json."""
+    meta = Path(run.data.params.get("data.dir", ""), "meta.json")
+    if split != "test" or not meta.exists():
+        return None
+    anchors = json.loads(meta.read_text()).get("oracle_headroom", {})
+    if anchors.get("metrics_version") != METRICS_VERSION:
+        return None  # scored with other metrics: not comparable with the run's scores
+    return anchors["true_preferences"].get(metric)
+
+
 def compare_runs(
     tracking: TrackingConfig, run_ids: list[str], against: str | None, metric: str, split: str
 ) -> list[tuple[str, dict]]:
     """(name, statistics) of each run against `against` (default: the latest finished
-    unified_lora run on the first run's data and base model)."""
+    unified_lora run on the first run's data and base model). With several runs, p-values
+    are Holm-adjusted (`p_holm`); each row carries the study's bar verdict (`missed`: the
+    parts of the bar it misses) and the share of the oracle headroom it captures."""
     experiment = experiment_id(tracking)
     runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    baseline = against or find_source("unified_lora", "", runs[0].data.tags, experiment, "against").info.run_id
-    reference = per_persona_table(baseline)
-    return [
-        (
-            f"{run.data.tags['method']} ({run.info.run_id[:8]})",
-            compare(per_persona_table(run.info.run_id), reference, metric, split),
-        )
-        for run in runs
-    ]
+    baseline = mlflow.get_run(
+        against or find_source("unified_lora", "", runs[0].data.tags, experiment, "against").info.run_id
+    )
+    reference = per_persona_table(baseline.info.run_id)
+    rows = []
+    for run in runs:
+        check_comparable(run, baseline)
+        result = compare(per_persona_table(run.info.run_id), reference, metric, split)
+        result["headroom_captured"] = headroom_captured(result, true_preferences_anchor(baseline, metric, split))
+        rows.append((f"{run.data.tags['method']} ({run.info.run_id[:8]})", result))
+    for (_, result), adjusted in zip(rows, holm([r["p_value"] for _, r in rows]), strict=True):
+        result["p_holm"] = adjusted
+        result["missed"] = verdict(result, adjusted)
+    return rows
 
 
 def cluster_dataset(base_model: str, overrides: list[str], plot_path: str | Path) -> Clustering:

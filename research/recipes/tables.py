@@ -48,16 +48,26 @@ def print_results(results, split: str = "test", headroom: dict | None = None) ->
 
 
 def print_comparison(rows: list[tuple[str, dict]], metric: str, split: str) -> None:
-    table = Table(title=f"against unified: {split}/{metric}, per persona (study's bar: >60% improved, p < 0.05)")
-    for column in ("method (run)", "improved", "mean diff", "95% CI", "p (paired t)", "min persona"):
+    table = Table(
+        title=f"against unified: {split}/{metric}, per persona; the study's bar: >60% improved, mean >= +0.03, "
+        "min persona > 0.70, p < 0.05 (Holm-adjusted over the rows)"
+    )
+    columns = ("method (run)", "personas", "improved", "mean diff", "95% CI", "p (paired t)", "p (Holm)")
+    for column in (*columns, "min persona", "headroom", "verdict"):
         table.add_column(column, justify="right")
     for name, c in rows:
+        headroom = "-" if c["headroom_captured"] is None else f"{c['headroom_captured']:.0%}"
         table.add_row(
             name,
+            str(c["personas"]),
             f"{c['improved_share']:.0%}",
             f"{c['mean_difference']:+.4f}",
             f"[{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]",
             f"{c['p_value']:.3g}",
+            f"{c['p_holm']:.3g}",
             f"{c['min_persona']:.3f}",
+            headroom,
+            "[green]clears the bar[/green]" if not c["missed"] else "misses: " + "; ".join(c["missed"]),
         )
-    Console(width=140).print(table)
+    Console(width=200).print(table)
+    print("headroom: the share of the gap between unified and the true-preferences anchor the method closes")

@@ -84,13 +84,17 @@ def cmd_train(args) -> None:
     from research.config import to_dict
     from research.recipes.experiment import load_config
     from research.recipes.tables import print_results
-    from research.recipes.train import train_and_evaluate
+    from research.recipes.train import train_and_evaluate, train_over_seeds
 
     cfg = load_config(args.config, args.overrides, args.method)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return
-    result = train_and_evaluate(cfg)
+    if args.seeds > 1:
+        result = train_over_seeds(cfg, args.seeds)
+        print(f"{args.seeds} seeds: the parent run {result.run_id} holds each persona's mean across them")
+    else:
+        result = train_and_evaluate(cfg)
     print_results([result])
 
 
@@ -284,6 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--method", help="registered method name (see `research methods`)")
     train.add_argument("--config", help="YAML file with any ExperimentConfig keys")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train over N seeds (seed, seed+1, ...) as child runs of a parent holding per-persona means "
+        "across them; `research compare PARENT` then compares seed-averaged scores",
+    )
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=..."
     )

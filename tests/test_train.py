@@ -11,7 +11,7 @@ from research.evaluation.metrics import METRICS
 from research.modules import METHODS
 from research.modules.base import source_fields
 from research.recipes.experiment import load_config
-from research.recipes.train import build_module, train_and_evaluate
+from research.recipes.train import build_module, train_and_evaluate, train_over_seeds
 
 
 def _client(cfg):
@@ -85,6 +85,35 @@ def test_same_seed_same_metrics(experiment):
     first = train_and_evaluate(load_config(None, experiment, "unified_lora"))
     second = train_and_evaluate(load_config(None, experiment, "unified_lora"))
     assert first.metrics == second.metrics and first.run_id != second.run_id
+
+
+def test_seeds_parent_holds_per_persona_means_and_is_never_an_implicit_source(experiment):
+    from research.recipes.analysis import compare_runs
+    from research.tracking.sources import find_source
+
+    cfg = load_config(None, experiment, "unified_lora")
+    parent = train_over_seeds(cfg, 2)
+    client = _client(cfg)
+    children = client.search_runs(
+        [client.get_run(parent.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'"
+    )
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1"]
+    tables = [
+        pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=c.info.run_id, artifact_path="per_persona.parquet"))
+        for c in children
+    ]
+    expected = pl.concat(tables).group_by("split", "persona_id").agg(pl.exclude("split", "persona_id").mean())
+    assert parent.per_persona.equals(expected.sort("split", "persona_id"))
+    run = client.get_run(parent.run_id)
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.tags["aggregate"] == "seeds"
+        and "seeds_std/test/param_f1" in run.data.metrics
+    )
+    latest = find_source("unified_lora", "", run.data.tags, run.info.experiment_id, "unified_run")
+    assert latest.info.run_id in {c.info.run_id for c in children}  # the newest usable run is a child, not the parent
+    [(name, stats)] = compare_runs(cfg.tracking, [parent.run_id], children[0].info.run_id, "param_f1", "test")
+    assert name.startswith("unified_lora") and stats["personas"] == 6
 
 
 def test_crash_marks_the_run_failed_with_the_error(experiment):

@@ -273,3 +273,53 @@ def train_and_evaluate(
             mlflow.log_artifacts(tmp)
         seconds["time/total_s"] = time.perf_counter() - started
     return RunResult(run.info.run_id, run_name, metrics, per_persona_table, seconds)
+
+
+def train_over_seeds(cfg: ExperimentConfig, seeds: int) -> RunResult:
+    """`cfg` trained with seeds cfg.seed, cfg.seed + 1, ... as child runs of one parent run
+    (tag `aggregate=seeds`) whose `per_persona.parquet` and metrics are each persona's mean
+    across the seeds, so `research compare PARENT` compares a method on its seed-averaged
+    scores, not on one seed's luck. The parent also logs each test metric's spread across
+    seeds (`seeds_std/...`). It holds no adapter: it is never an implicit source."""
+    experiment = experiment_id(cfg.tracking)  # sets the tracking URI the client below uses
+    client = mlflow.tracking.MlflowClient()
+    name = f"{describe(cfg)} x{seeds} seeds"
+    parent = client.create_run(experiment, run_name=name, tags={"aggregate": "seeds"})
+    parent_id = parent.info.run_id
+    try:
+        children = [
+            train_and_evaluate(dataclasses.replace(cfg, seed=cfg.seed + i), parent_run_id=parent_id)
+            for i in range(seeds)
+        ]
+        first = client.get_run(children[0].run_id)
+        for key, value in first.data.tags.items():
+            if not key.startswith("mlflow."):
+                client.set_tag(parent_id, key, value)
+        for key, value in first.data.params.items():
+            client.log_param(
+                parent_id, key, ",".join(str(cfg.seed + i) for i in range(seeds)) if key == "seed" else value
+            )
+        per_persona = (
+            pl.concat(child.per_persona for child in children)
+            .group_by("split", "persona_id")
+            .agg(pl.exclude("split", "persona_id").mean())
+            .sort("split", "persona_id")
+        )
+        metrics = {key: float(np.mean([c.metrics[key] for c in children])) for key in children[0].metrics}
+        spread = {
+            f"seeds_std/{key}": float(np.std([c.metrics[key] for c in children], ddof=1))
+            for key in children[0].metrics
+            if key.startswith("test/") and seeds > 1
+        }
+        for key, value in (metrics | spread).items():
+            client.log_metric(parent_id, key, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            per_persona.write_parquet(Path(tmp, "per_persona.parquet"))
+            client.log_artifact(parent_id, str(Path(tmp, "per_persona.parquet")))
+    except BaseException as err:
+        client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    seconds = {key: sum(c.seconds[key] for c in children) for key in children[0].seconds}
+    return RunResult(parent_id, name, metrics, per_persona, seconds)

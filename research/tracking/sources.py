@@ -34,8 +34,9 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
                 f"and tags.dataset = '{tags['dataset']}' and tags.base_fingerprint = '{tags['base_fingerprint']}'"
             ),
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=50,
         )
+        runs = [run for run in runs if "aggregate" not in run.data.tags][:1]  # a seeds parent has no adapter
         if not runs:
             raise SourceError(
                 f"method_args.{field_name}: no finished {method} run on dataset {tags['dataset']} with base model "

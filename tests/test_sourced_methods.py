@@ -65,10 +65,40 @@ def test_source_on_another_dataset_is_refused(source_runs, data_root, tmp_path):
     dialogues = pl.read_parquet(other / "dialogues.parquet")
     dialogues.head(dialogues.height - 1).write_parquet(other / "dialogues.parquet")
     moved = [o for o in experiment if not o.startswith("data.dir=")] + [f"data.dir={other}"]
-    with pytest.raises(SourceError, match="has dataset"):
+    with pytest.raises(SourceError, match="differs from this run in dataset"):
         train_and_evaluate(
             load_config(None, [*moved, f"method_args.unified_run={runs['unified_lora']}"], "hybrid_lora")
         )
+
+
+@pytest.mark.parametrize(
+    ("override", "field"), [("data.test_fraction=0.5", "splits"), ("data.user_name=false", "prompt")]
+)
+def test_source_with_other_splits_or_prompts_is_refused_naming_the_field(source_runs, override, field):
+    experiment, runs = source_runs
+    named = load_config(None, [*experiment, override, f"method_args.unified_run={runs['unified_lora']}"], "hybrid_lora")
+    with pytest.raises(SourceError, match=f"differs from this run in {field}"):
+        train_and_evaluate(named)
+    with pytest.raises(SourceError, match="no finished unified_lora run"):  # an empty field finds none either
+        train_and_evaluate(load_config(None, [*experiment, override], "hybrid_lora"))
+
+
+def test_sweep_trials_and_seeds_parents_are_never_implicit_sources(source_runs):
+    from research.tracking.sources import find_source
+
+    experiment, runs = source_runs
+    client = mlflow.tracking.MlflowClient(load_config(None, experiment, "unified_lora").tracking.uri)
+    unified = client.get_run(runs["unified_lora"])
+    newer = []
+    for extra in ({"trial": "0", "study": "s"}, {"aggregate": "seeds"}):  # newer, same lineage
+        newer.append(client.create_run(unified.info.experiment_id, tags={**unified.data.tags, **extra}).info.run_id)
+        client.set_terminated(newer[-1], "FINISHED")
+    try:
+        found = find_source("unified_lora", "", unified.data.tags, unified.info.experiment_id, "unified_run")
+        assert found.info.run_id == runs["unified_lora"]
+    finally:  # the store is shared by the session's tests
+        for run_id in newer:
+            client.delete_run(run_id)
 
 
 def test_l2_term_is_zero_at_start_and_matches_a_hand_computation_after_a_step(source_runs):

@@ -64,11 +64,16 @@ def test_runs_on_different_splits_or_prompts_are_refused_naming_the_field(tmp_pa
     from research.recipes.analysis import check_comparable
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lineage = {"dataset": "d1", "splits": "val=0.166667,test=0.166667", "prompt": "p", "base_fingerprint": "b1"}
     made = []
-    for test_fraction in ("0.1666", "0.25"):
-        with mlflow.start_run(tags={"dataset": "d1", "base_fingerprint": "b1"}) as run:
-            mlflow.log_params({"data.test_fraction": test_fraction, "data.val_fraction": "0.1666"})
+    for tags, tokens in ((lineage, "64"), ({**lineage, "splits": "val=0.166667,test=0"}, "64"), (lineage, "32")):
+        with mlflow.start_run(tags=tags) as run:
+            mlflow.log_param("eval.max_new_tokens", tokens)
         made.append(mlflow.get_run(run.info.run_id))
     check_comparable(made[0], made[0])
-    with pytest.raises(StatisticsError, match=r"differ in data.test_fraction \(0.1666 vs 0.25\)"):
-        check_comparable(*made)
+    with pytest.raises(
+        StatisticsError, match=r"differ in splits \('val=0.166667,test=0.166667' vs 'val=0.166667,test=0'\)"
+    ):
+        check_comparable(made[0], made[1])
+    with pytest.raises(StatisticsError, match=r"differ in eval.max_new_tokens \('64' vs '32'\)"):
+        check_comparable(made[0], made[2])

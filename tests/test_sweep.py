@@ -16,6 +16,7 @@ from research.config import ConfigError
 from research.modules import METHODS
 from research.recipes.experiment import load_config
 from research.recipes.sweep import default_storage, load_spec, open_storage, run_sweep, study_name
+from research.recipes.train import train_and_evaluate
 from research.tracking.runs import experiment_id
 
 FAST = ["train.max_epochs=1", "eval.splits=val"]
@@ -141,3 +142,21 @@ def test_a_pruned_trial_shows_as_pruned_in_optuna_and_mlflow(experiment, tmp_pat
     assert run.info.status == "KILLED" and "pruned" in run.data.tags
     history = client.get_metric_history(run.info.run_id, "val/embedding_similarity")
     assert len(history) == 1  # scored on generated val replies during fit, then stopped
+
+
+def test_a_sourced_sweep_resolves_its_source_once_and_records_it_on_the_parent(source_runs, tmp_path):
+    experiment, runs = source_runs
+    spec = tmp_path / "hybrid.yaml"
+    spec.write_text(
+        "objective: val/embedding_similarity\ndirection: maximize\ntrials: 1\nsampler: {name: random, seed: 0}\npruner: {name: none}\n"
+        "space:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+    )
+    overrides = [*experiment, *FAST]
+    first = run_sweep("hybrid_lora", overrides, spec_path=spec)
+    client, exp = _client(experiment)
+    assert client.get_run(first["parent_run_id"]).data.tags["source.unified_run"] == runs["unified_lora"]
+    newer = train_and_evaluate(load_config(None, [*experiment, *FAST], "unified_lora"))  # trained meanwhile
+    again = run_sweep("hybrid_lora", overrides, trials=2, spec_path=spec)  # resumed: still the recorded source
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{again['parent_run_id']}'")
+    assert len(children) == 2 and {c.data.tags["source.unified_run"] for c in children} == {runs["unified_lora"]}
+    client.delete_run(newer.run_id)  # the store is shared by the session's tests

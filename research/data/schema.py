@@ -7,6 +7,7 @@ every row is validated and each problem is reported by file, row and field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -211,12 +212,20 @@ def write_dataset(directory: str | Path, personas: pl.DataFrame, dialogues: pl.D
 
 
 def fingerprint(directory: str | Path) -> str:
-    """Content hash of a dataset directory's data files (not of meta.json)."""
+    """Content hash of a dataset's rows (not of meta.json, nor of the files' bytes, which
+    carry the writer's library version): the same data in Parquet or JSONL, written by
+    any polars, has the same fingerprint."""
+    files = [_find(Path(directory), stem) for stem in ("personas", "dialogues")]
+    return _row_hash(tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.cache
+def _row_hash(files: tuple) -> str:  # keyed by path, mtime and size: a rewritten file is hashed again
+    personas, dialogues = load_dataset(Path(files[0][0]).parent)
     digest = hashlib.sha256()
-    for stem in ("personas", "dialogues"):
-        path = _find(Path(directory), stem)
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for name, frame in (("personas", personas), ("dialogues", dialogues)):
+        digest.update(name.encode())
+        digest.update(frame.sort(frame.columns[0]).write_ndjson().encode())
     return digest.hexdigest()[:16]
 
 

@@ -16,37 +16,25 @@ from research.evaluation.metrics import METRICS_VERSION
 from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
 from research.tracking.runs import experiment_id
-from research.tracking.sources import find_source
+from research.tracking.sources import find_source, lineage_difference
 
 
 def per_persona_table(run_id: str) -> pl.DataFrame:
     return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="per_persona.parquet"))
 
 
-# what two runs must share for their per-persona scores to be compared (tags, then params)
-COMPARABLE_TAGS = ("dataset", "base_fingerprint")
-COMPARABLE_PARAMS = (
-    "data.val_fraction",
-    "data.test_fraction",
-    "data.user_name",
-    "data.oracle_preferences",
-    "data.max_length",
-    "eval.max_new_tokens",
-)
-
-
 def check_comparable(run, baseline) -> None:
-    """Refuse to compare runs made on different data, splits, prompts or base, naming the field."""
-    for source, fields in (("data", COMPARABLE_TAGS), ("params", COMPARABLE_PARAMS)):
-        for field in fields:
-            ours, theirs = (
-                getattr(r.data, "tags" if source == "data" else "params").get(field) for r in (run, baseline)
-            )
-            if ours != theirs:
-                raise StatisticsError(
-                    f"run {run.info.run_id[:8]} and baseline {baseline.info.run_id[:8]} differ in {field} "
-                    f"({ours} vs {theirs}): their scores are not comparable"
-                )
+    """Refuse to compare runs of another lineage (data, splits, prompt settings, base) or
+    generation budget, naming the field."""
+    difference = lineage_difference(run, baseline.data.tags)
+    budget = [run.data.params.get("eval.max_new_tokens"), baseline.data.params.get("eval.max_new_tokens")]
+    if difference is None and budget[0] != budget[1]:
+        difference = f"eval.max_new_tokens ({budget[0]!r} vs {budget[1]!r})"
+    if difference:
+        raise StatisticsError(
+            f"run {run.info.run_id[:8]} and baseline {baseline.info.run_id[:8]} differ in {difference}: "
+            "their scores are not comparable"
+        )
 
 
 def true_preferences_anchor(run, metric: str, split: str) -> float | None:

@@ -12,6 +12,8 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
   callback, on the objective computed after every validation epoch.
 - Resume: a trial left RUNNING by a killed sweep is marked FAIL in Optuna and its
   MLflow run FAILED (tag `error`) before new trials start; finished ones are untouched.
+- Sources (hybrid, constrained, merges): resolved once when the study starts and recorded
+  on the parent run (tags `source.<field>`), so every trial builds on the same runs.
 - Storage: SQLite beside the MLflow store for one worker; Optuna's journal file for
   several on one host; any Optuna storage URL (postgresql://...) given as `storage`.
   The study exists before any worker starts. Each worker loads the base model and the
@@ -34,9 +36,10 @@ import yaml
 from research.config import ConfigError, build
 from research.recipes.experiment import load_config
 from research.recipes.run import ensure_data_and_base
-from research.recipes.train import GenerativeValidation, train_and_evaluate
+from research.recipes.train import GenerativeValidation, run_tags, train_and_evaluate
 from research.tracking.registry import register
 from research.tracking.runs import experiment_id
+from research.tracking.sources import resolve_sources
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
@@ -252,6 +255,24 @@ def _summarise(study, client, parent: str) -> dict:
     return {"best": best, "best_run_id": best_run.info.run_id, "states": states}
 
 
+def _sources_once(client, cfg, experiment: str, parent: str) -> list[str]:
+    """Overrides naming the runs the method builds on, resolved when the study starts and
+    recorded on its parent run (tags `source.<field>`): every trial, and a resumed study on
+    any machine, builds on the same runs, even when a newer one is trained meanwhile."""
+    recorded = {
+        key.removeprefix("source."): value
+        for key, value in client.get_run(parent).data.tags.items()
+        if key.startswith("source.")
+    }
+    if not recorded:
+        resolved = resolve_sources(cfg.method_args, run_tags(cfg), experiment)
+        recorded = {name: ",".join(s.run_id for s in runs) for name, runs in resolved.items()}
+        for name, run_ids in recorded.items():
+            client.set_tag(parent, f"source.{name}", run_ids)
+    # a single-run field left empty is what was resolved; list fields are named by the user already
+    return [f"method_args.{n}={ids}" for n, ids in recorded.items() if getattr(cfg.method_args, n) == ""]
+
+
 def run_sweep(
     method: str,
     overrides: list[str] = (),
@@ -284,6 +305,7 @@ def run_sweep(
     interrupted = _fail_interrupted(study, client, experiment)
     sweep = Sweep(method, overrides, spec, name, storage)
     sweep.parent_run_id = _parent_run(client, experiment, sweep)
+    sweep.overrides = [*overrides, *_sources_once(client, cfg, experiment, sweep.parent_run_id)]
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     remaining = max(0, (trials or spec.trials) - done)
     print(

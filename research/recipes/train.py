@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from research.config import ExperimentConfig, flatten, to_dict
-from research.data.schema import load_dataset
+from research.data.schema import fingerprint, load_dataset
 from research.datamodules.persona import PersonaDataModule
 from research.evaluation.clustering import behaviour_features, cluster_personas, description_features, log_clustering
 from research.evaluation.generation import generate_split, score
@@ -150,11 +150,15 @@ def describe(cfg: ExperimentConfig) -> str:
     return " ".join([cfg.method, *changed])
 
 
-def run_tags(cfg: ExperimentConfig, datamodule: PersonaDataModule) -> dict[str, str]:
-    """What a run was made on; sources must match it."""
+def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    """What a run was made on (its lineage: research.tracking.sources.LINEAGE); sources and
+    compared runs must match it."""
     return {
         "method": cfg.method,
-        "dataset": datamodule.data_fingerprint,
+        "dataset": fingerprint(cfg.data.dir),
+        "splits": f"val={cfg.data.val_fraction:.6g},test={cfg.data.test_fraction:.6g}",
+        "prompt": f"user_name={cfg.data.user_name},oracle_preferences={cfg.data.oracle_preferences},"
+        f"max_length={cfg.data.max_length}",
         "base_model": cfg.base_model,
         "base_fingerprint": base_fingerprint(cfg.base_model),
     }
@@ -165,7 +169,7 @@ def build_module(cfg: ExperimentConfig, model, tokenizer, datamodule: PersonaDat
     given, from the tracking store), the module built, the datamodule told its groups."""
     method = METHODS[cfg.method]
     if sources is None:
-        sources = resolve_sources(cfg.method_args, run_tags(cfg, datamodule), experiment_id(cfg.tracking))
+        sources = resolve_sources(cfg.method_args, run_tags(cfg), experiment_id(cfg.tracking))
     provided = provide(method.needs(cfg.method_args), datamodule, sources)
     module = method(model, tokenizer, cfg.train, cfg.method_args, provided)
     datamodule.group_of = module.group_of
@@ -227,7 +231,7 @@ def train_and_evaluate(
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context)
     datamodule.prepare_data()
     datamodule.setup()
-    tags = {**(tags or {}), **run_tags(cfg, datamodule)}
+    tags = {**(tags or {}), **run_tags(cfg)}
     sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
     tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
     cfg = resolved_config(cfg, sources)

@@ -3,8 +3,10 @@
 A method's config names a source run in a field whose metadata says which method
 made it: `field(default="", metadata={"source_method": "unified_lora"})`. Before any
 work, `resolve_sources` resolves an empty field to the latest finished run of that
-method on the same dataset and base model, and refuses a run that is missing,
-unfinished, of another method, or trained on other data or another base model.
+method with the same lineage (LINEAGE: data content, splits, prompt settings, base
+model), never a sweep trial or a seeds parent (name those explicitly), and refuses a
+run that is missing, unfinished, of another method, or of another lineage, naming the
+field that differs.
 """
 
 from __future__ import annotations
@@ -23,25 +25,41 @@ class SourceError(ConfigError):
     """A source run that cannot be used; the message says why."""
 
 
+# run tags that say what a run was trained and evaluated on; runs that build on each
+# other or are compared must match on all of them
+LINEAGE = ("dataset", "splits", "prompt", "base_fingerprint")
+
+
+def lineage_difference(run, tags: dict[str, str]) -> str | None:
+    """The first lineage tag on which `run` differs from `tags`, as "tag (run's vs wanted)"."""
+    for key in LINEAGE:
+        if run.data.tags.get(key) != tags.get(key):
+            return f"{key} ({run.data.tags.get(key)!r} vs {tags.get(key)!r})"
+    return None
+
+
+def _implicit(run) -> bool:
+    """A run an empty source field may resolve to: not a sweep trial, not a seeds parent."""
+    return "trial" not in run.data.tags and "aggregate" not in run.data.tags
+
+
 def find_source(method: str | None, run_id: str, tags: dict[str, str], experiment_id: str, field_name: str):
     """The MLflow run `run_id` (or the latest usable one) of `method` (None: any), checked against `tags`."""
     client = mlflow.tracking.MlflowClient()
     if not run_id:
+        same_lineage = " and ".join(f"tags.{key} = '{tags[key]}'" for key in LINEAGE)
         runs = client.search_runs(
             [experiment_id],
-            filter_string=(
-                f"tags.method = '{method}' and attributes.status = 'FINISHED' "
-                f"and tags.dataset = '{tags['dataset']}' and tags.base_fingerprint = '{tags['base_fingerprint']}'"
-            ),
+            filter_string=f"tags.method = '{method}' and attributes.status = 'FINISHED' and {same_lineage}",
             order_by=["attributes.start_time DESC"],
-            max_results=50,
+            max_results=200,
         )
-        runs = [run for run in runs if "aggregate" not in run.data.tags][:1]  # a seeds parent has no adapter
+        runs = [run for run in runs if _implicit(run)]
         if not runs:
             raise SourceError(
-                f"method_args.{field_name}: no finished {method} run on dataset {tags['dataset']} with base model "
-                f"{tags['base_model']}; train one first (research train --method {method}) or name one "
-                f"with method_args.{field_name}=RUN_ID"
+                f"method_args.{field_name}: no finished {method} run (other than sweep trials) on dataset "
+                f"{tags['dataset']}, splits {tags['splits']}, prompt {tags['prompt']}, base model {tags['base_model']}; "
+                f"train one first (research train --method {method}) or name one with method_args.{field_name}=RUN_ID"
             )
         return runs[0]
     try:
@@ -53,12 +71,12 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
     checks = [
         ("method", run.data.tags.get("method"), method or run.data.tags.get("method")),
         ("status", run.info.status, "FINISHED"),
-        ("dataset", run.data.tags.get("dataset"), tags["dataset"]),
-        ("base model", run.data.tags.get("base_fingerprint"), tags["base_fingerprint"]),
     ]
     for what, found, wanted in checks:
         if found != wanted:
             raise SourceError(f"method_args.{field_name}: run {run_id} has {what} {found!r}, this run needs {wanted!r}")
+    if difference := lineage_difference(run, tags):
+        raise SourceError(f"method_args.{field_name}: run {run_id} differs from this run in {difference}")
     return run
 
 

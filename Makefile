@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base ui ui-check bench clean
+.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -62,6 +62,9 @@ promote: $(STAMP) ## route personas to a registered model: make promote MODEL=pe
 
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:$(PORT), printing the runs-table URL (the study's metric columns)
 	$(PY) -m research.cli ui --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
+
+report: $(STAMP) ## the study's table + plots from MLflow -> reports/report.{md,html} (ARGS: run ids, --metric M)
+	$(PY) -m research.cli report $(ARGS) --overrides tracking.uri=$(TRACKING)
 
 ui-check: $(STAMP) ## the runs table and a two-method comparison in headless Chromium -> reports/ui/*.png
 	$(PY) -m research.cli ui --check --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)

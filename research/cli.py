@@ -214,6 +214,20 @@ def cmd_instrument(args) -> None:
     main_job(args.overrides, methods=("unified_lora",))
 
 
+def cmd_report(args) -> None:
+    import time
+
+    from research.recipes.experiment import load_config
+    from research.recipes.report import build_report
+
+    started = time.perf_counter()
+    cfg = load_config(None, args.overrides, "unified_lora")
+    page = build_report(cfg.tracking, args.run_ids, args.metric, Path(args.out))
+    print(
+        f"wrote {page} and {page.with_suffix('.md')} in {time.perf_counter() - started:.0f} s (logged as a report run)"
+    )
+
+
 def cmd_ui(args) -> None:
     from research.config import ConfigError, TrackingConfig, build, parse_overrides
     from research.recipes.ui import UiCheckError, check, serve
@@ -406,6 +420,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     instrument.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. base_model=models/smollm2")
     instrument.set_defaults(func=cmd_instrument)
+
+    report = sub.add_parser(
+        "report",
+        help="the study's table and plots for every method against unified, with the anchors and the instrument",
+        description="From MLflow: the latest finished run of each method sharing unified's lineage (or the runs "
+        "named), each against unified (metric deltas, share improved, Holm-adjusted p, bootstrap CI, min/max per "
+        "persona, headroom captured, trainable parameters, wall times, the study's bar), beside the simulator's "
+        "anchors and the instrument row. Writes OUT/report.md, OUT/report.html and plots; logs a report run.",
+    )
+    report.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to report (default: latest per method)")
+    report.add_argument("--metric", default="param_f1", help="the metric the per-persona statistics use")
+    report.add_argument("--out", default="reports", help="where report.md, report.html and the plots go")
+    report.add_argument("--overrides", nargs="*", default=[], metavar="tracking.key=value")
+    report.set_defaults(func=cmd_report)
 
     ui = sub.add_parser(
         "ui",

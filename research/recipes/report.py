@@ -1,0 +1,251 @@
+"""`research report` / `make report`: the study's table from MLflow, for every method against
+unified, beside the simulator's anchors and the instrument (unified told the preferences).
+
+Which runs: the latest finished run of each method that shares unified's lineage (data,
+splits, prompt settings, base; never a sweep trial or a seeds parent unless named), or the
+runs named. The instrument row is the latest run tagged `instrument=told_preferences` on
+the same data, splits and base (its prompt differs by design). Written as Markdown and a
+self-contained HTML page under `reports/`, with plots, and logged as a `report` run.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+
+from research.config import TrackingConfig
+from research.evaluation.metrics import METRICS_VERSION
+from research.evaluation.statistics import compare, headroom_captured, holm, verdict
+from research.recipes.analysis import check_comparable, per_persona_table
+from research.recipes.tables import SHORT
+from research.tracking.runs import experiment_id
+from research.tracking.sources import LINEAGE
+
+# the study's columns: every metric but the param P/R halves of F1
+COLUMNS = ("embedding_similarity", "device_precision", "device_recall", "numerical_precision", "param_f1")
+
+
+@dataclass
+class Row:
+    name: str
+    run: object
+    per_persona: pl.DataFrame  # test split: persona_id, every metric
+
+
+def _latest(client, experiment: str, filter_string: str, keep=lambda run: True):
+    runs = client.search_runs([experiment], filter_string, order_by=["attributes.start_time DESC"], max_results=500)
+    return [run for run in runs if keep(run)]
+
+
+def _own_run(run) -> bool:
+    return not {"trial", "aggregate", "instrument"} & run.data.tags.keys()
+
+
+def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], Row | None]:
+    """(unified, the other methods, the instrument) as described in the module docstring."""
+    finished = "attributes.status = 'FINISHED'"
+    if run_ids:
+        named = [client.get_run(run_id) for run_id in run_ids]
+        unified = next((r for r in named if r.data.tags.get("method") == "unified_lora"), None)
+        unified = unified or _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)[0]
+        others = [r for r in named if r.info.run_id != unified.info.run_id]
+    else:
+        candidates = _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)
+        if not candidates:
+            raise FileNotFoundError(f"experiment {experiment}: no finished unified_lora run to report against")
+        unified = candidates[0]
+        same = " and ".join(f"tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key in unified.data.tags)
+        latest: dict[str, object] = {}
+        for run in _latest(client, experiment, f"{finished} and {same}", _own_run):
+            latest.setdefault(run.data.tags["method"], run)
+        others = [run for method, run in sorted(latest.items()) if method != "unified_lora"]
+    for run in others:
+        check_comparable(run, unified)
+    same_data = " and ".join(
+        f"tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key != "prompt" and key in unified.data.tags
+    )
+    told = _latest(client, experiment, f"{finished} and tags.instrument = 'told_preferences' and {same_data}")
+
+    def row(run, name=None) -> Row:
+        table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")
+        return Row(name or run.data.tags["method"], run, table)
+
+    return row(unified), [row(run) for run in others], row(told[0], "unified_lora told preferences") if told else None
+
+
+def anchors(run) -> dict | None:
+    meta = Path(run.data.params.get("data.dir", ""), "meta.json")
+    if not meta.exists():
+        return None
+    headroom = json.loads(meta.read_text()).get("oracle_headroom", {})
+    return headroom if headroom.get("metrics_version") == METRICS_VERSION else None
+
+
+def statistics(unified: Row, others: list[Row], metric: str) -> list[dict]:
+    """Per method: compare() on `metric`, Holm over the methods, the bar's verdict."""
+    results = [compare(_split(other), _split(unified), metric) for other in others]
+    for result, p in zip(results, holm([r["p_value"] for r in results]), strict=True):
+        result["p_holm"] = p
+        result["missed"] = verdict(result, p)
+    return results
+
+
+def _split(row: Row) -> pl.DataFrame:
+    return row.per_persona.with_columns(split=pl.lit("test"))
+
+
+def _mean(row: Row, metric: str) -> float:
+    return float(row.per_persona[metric].mean())
+
+
+def markdown(unified: Row, others: list[Row], told: Row | None, headroom: dict | None, metric: str) -> str:
+    results = statistics(unified, others, metric)
+    header = ["run", *(SHORT[m] for m in COLUMNS), "improved", "p (Holm)", "95% CI", "min / max", "headroom"]
+    header += ["trainable", "fit s", "eval s", "verdict"]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join([*cells, *[""] * (len(header) - len(cells))]) + " |"
+
+    def scores(row: Row, delta: bool) -> list[str]:
+        means = [(_mean(row, m), _mean(unified, m)) for m in COLUMNS]
+        return [f"{v:.3f} ({v - u:+.3f})" if delta else f"{v:.3f}" for v, u in means]
+
+    def cost(run) -> list[str]:
+        metrics = run.data.metrics
+        return [f"{metrics.get('params/trainable', float('nan')):,.0f}"] + [
+            f"{metrics.get(f'time/{k}_s', float('nan')):.0f}" for k in ("fit", "eval")
+        ]
+
+    lines = [
+        f"# persona-lab report: methods against `unified_lora`, test/{metric}",
+        "",
+        f"Means over personas (test split), deltas to unified in parentheses. Per-persona statistics on {metric}: "
+        "share of personas improved, paired t-test with Holm's correction over the methods, bootstrap 95% CI of "
+        "the mean difference, the method's worst and best persona, and the share of the gap from unified to the "
+        "true-preferences anchor it closes (headroom). The study's bar: >60% improved, mean >= +0.03, min "
+        "persona > 0.70, p < 0.05.",
+        "",
+        line(header),
+        "|" + "---|" * len(header),
+    ]
+    for name in ("true_preferences", "population_average") if headroom else ():
+        lines.append(
+            line([f"simulator anchor: {name.replace('_', ' ')}", *(f"{headroom[name][m]:.3f}" for m in COLUMNS)])
+        )
+    if told:
+        lines.append(line([f"**instrument**: {told.name}", *scores(told, True), "", "", "", "", "", *cost(told.run)]))
+    lines.append(line(["unified_lora", *scores(unified, False), "", "", "", "", "", *cost(unified.run)]))
+    true_anchor = headroom["true_preferences"][metric] if headroom else None
+    for other, result in zip(others, results, strict=True):
+        share = headroom_captured(result, true_anchor)
+        lines.append(
+            line(
+                [
+                    f"{other.name} ({other.run.info.run_id[:8]})",
+                    *scores(other, True),
+                    f"{result['improved_share']:.0%}",
+                    f"{result['p_holm']:.2g}",
+                    f"[{result['ci95_low']:+.3f}, {result['ci95_high']:+.3f}]",
+                    f"{result['min_persona']:.3f} / {float(other.per_persona[metric].max()):.3f}",
+                    "-" if share is None else f"{share:.0%}",
+                    *cost(other.run),
+                    "clears the bar" if not result["missed"] else "misses: " + "; ".join(result["missed"]),
+                ]
+            )
+        )
+    if told and headroom:
+        gap = headroom["true_preferences"][metric] - _mean(told, metric)
+        lines += [
+            "",
+            f"The instrument (unified told the true preferences) stays {gap:.3f} below the true-preferences anchor "
+            f"on {metric}: a method's gain is bounded by what this base model can do with what it is given.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(unified: Row, others: list[Row], told: Row | None, metric: str) -> dict[str, bytes]:
+    """PNG bytes: per-persona distributions, per-persona gain over unified, quality vs cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [unified, *others, *([told] if told else [])]
+    figures = {}
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
+    ax.boxplot([row.per_persona[metric].to_numpy() for row in rows], tick_labels=[row.name for row in rows])
+    ax.set_ylabel(f"test/{metric} per persona")
+    ax.tick_params(axis="x", rotation=30)
+    figures["distributions.png"] = fig
+    fig, ax = plt.subplots(figsize=(7, 4))
+    base = dict(zip(unified.per_persona["persona_id"], unified.per_persona[metric], strict=True))
+    for row in [*others, *([told] if told else [])]:
+        gains = np.sort(
+            [v - base[p] for p, v in zip(row.per_persona["persona_id"], row.per_persona[metric], strict=True)]
+        )
+        ax.plot(np.linspace(0, 1, len(gains)), gains, label=row.name)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("share of personas (sorted by gain)")
+    ax.set_ylabel(f"gain over unified, test/{metric}")
+    ax.legend(fontsize=8)
+    figures["gain_over_unified.png"] = fig
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        fit = row.run.data.metrics.get("time/fit_s", 0.0)
+        ax.scatter(fit, _mean(row, metric))
+        ax.annotate(row.name, (fit, _mean(row, metric)), fontsize=8)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel(f"test/{metric}, mean over personas")
+    figures["quality_vs_cost.png"] = fig
+    out = {}
+    for name, figure in figures.items():
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=110)
+        out[name] = buffer.getvalue()
+    plt.close("all")
+    return out
+
+
+def html(text: str, images: dict[str, bytes]) -> str:
+    """A self-contained page: the Markdown table as HTML, the plots inline."""
+    from markdown_it import MarkdownIt  # rich's Markdown parser, already installed
+
+    body = MarkdownIt("commonmark").enable("table").render(text)
+    pictures = "".join(
+        f'<h3>{name.removesuffix(".png").replace("_", " ")}</h3><img src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}">'
+        for name, data in images.items()
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    )
+    head = f"<head><meta charset='utf-8'><title>persona-lab report</title><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{body}{pictures}</body></html>"
+
+
+def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out: Path) -> Path:
+    """Write OUT/report.md, OUT/report.html and the plots; log them as a `report` run."""
+    experiment = experiment_id(tracking)
+    client = mlflow.tracking.MlflowClient()
+    unified, others, told = select_runs(client, experiment, run_ids)
+    text = markdown(unified, others, told, anchors(unified.run), metric)
+    images = plots(unified, others, told, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(html(text, images))
+    for name, data in images.items():
+        (out / name).write_bytes(data)
+    runs = [unified, *others, *([told] if told else [])]
+    with mlflow.start_run(experiment_id=experiment, run_name=f"report {metric}", tags={"report": "true"}):
+        mlflow.set_tags({f"report.{row.name}": row.run.info.run_id for row in runs})
+        mlflow.log_artifacts(str(out), "report")
+    return out / "report.html"

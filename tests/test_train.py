@@ -50,6 +50,8 @@ def test_every_method_logs_a_finished_run(method, experiment, source_runs):
         assert model.tags["adapter_uri"].endswith("/adapter") and "test/param_f1" in {m.key for m in model.metrics}
     else:
         assert not models
+    if method == "selective_routing":  # its margin's score on val dialogues it did not route with
+        assert "val/crossfit_embedding_similarity" in run.data.metrics
     if method == "unified_lora":
         for curve in ("train/loss", "val/loss"):
             assert _client(cfg).get_metric_history(result.run_id, curve), f"{curve} curve logged"

@@ -8,6 +8,11 @@ known of a persona before any personalization (description embedding and behavio
 statistics of its training dialogues), whether it benefits; scored by stratified
 cross-validation on held-out personas and logged with the fitted classifier, so a new
 user can be routed without validation data of their own. Only val scores steer it.
+
+The margin is tuned on data the routing did not choose with: `val/crossfit_<metric>`
+splits each persona's val dialogues into two halves (alternating in time), routes on one
+half and scores the chosen runs on the other, both ways round. Routing and scoring on the
+same val split would always favour margin ~0; the sweep optimises the cross-fitted score.
 """
 
 from __future__ import annotations
@@ -40,6 +45,29 @@ class SelectiveRoutingConfig:
 def val_scores(artifacts: Path, metric: str) -> dict[str, float]:
     table = pl.read_parquet(artifacts / "per_persona.parquet").filter(pl.col("split") == "val")
     return dict(zip(table["persona_id"], table[metric], strict=True))
+
+
+def val_halves(artifacts: Path, metric: str) -> dict[str, tuple[float, float]]:
+    """persona -> mean `metric` on each half of its val dialogues (alternating in time); a
+    half without a scored turn takes the persona's mean over both."""
+    turns = pl.read_parquet(artifacts / "predictions.parquet").filter(pl.col("split") == "val")
+    order = turns.select("persona_id", "dialogue_id").unique().sort("persona_id", "dialogue_id")
+    order = order.with_columns(half=pl.int_range(pl.len()).over("persona_id") % 2)
+    turns = turns.join(order, on=["persona_id", "dialogue_id"])
+    overall = dict(turns.group_by("persona_id").agg(pl.col(metric).mean()).iter_rows())
+    means = {(p, h): v for p, h, v in turns.group_by("persona_id", "half").agg(pl.col(metric).mean()).iter_rows()}
+    return {p: tuple(overall[p] if means.get((p, h)) is None else means[(p, h)] for h in (0, 1)) for p in overall}
+
+
+def crossfit_score(halves: dict[str, dict[str, tuple[float, float]]], unified: str, margin: float) -> float:
+    """Mean over personas of the score, on one half of val, of the run routed to on the
+    other half (both ways round): what routing with `margin` gains on unseen dialogues."""
+    values = []
+    for chosen_on, scored_on in ((0, 1), (1, 0)):
+        scores = {run: {p: h[chosen_on] for p, h in per.items()} for run, per in halves.items()}
+        proposal = routing_proposal(scores, unified, margin)
+        values.extend(halves[run][p][scored_on] for p, run in proposal.items())
+    return float(np.mean(values))
 
 
 def routing_proposal(scores: dict[str, dict[str, float]], unified: str, margin: float) -> dict[str, str]:
@@ -110,6 +138,8 @@ class SelectiveRoutingModule(GroupLoraModule):
         benefits = np.array([proposal[p] != unified for p in provided.persona_ids])
         self.meta_metrics, self.classifier = meta_classifier(provided.persona_features, benefits, args.meta_folds)
         self.meta_metrics["routing/personalised_share"] = float(benefits.mean())
+        halves = {run: val_halves(source.artifacts, args.metric) for run, source in sources.items()}
+        self.meta_metrics[f"val/crossfit_{args.metric}"] = crossfit_score(halves, unified, args.margin)
 
     def outputs(self):
         artifacts = {"routing_proposal.parquet": self.table}

@@ -241,7 +241,8 @@ def train_and_evaluate(
         module, provided = build_module(cfg, model, tokenizer, datamodule, sources)
         if provided.clustering is not None:
             log_clustering(provided.clustering, needs.clustering)
-        log_outputs(*module.outputs())
+        method_metrics, method_artifacts = module.outputs()
+        log_outputs(method_metrics, method_artifacts)
         mlflow.log_metric("params/trainable", sum(p.numel() for p in module.parameters() if p.requires_grad))
         fit_started = time.perf_counter()
         if module.trainable:
@@ -276,7 +277,8 @@ def train_and_evaluate(
                 module.save_adapter(out / "adapter")
             mlflow.log_artifacts(tmp)
         seconds["time/total_s"] = time.perf_counter() - started
-    return RunResult(run.info.run_id, run_name, metrics, per_persona_table, seconds)
+    # the method's own metrics too (logged with its outputs): e.g. a cross-fitted val score a sweep optimises
+    return RunResult(run.info.run_id, run_name, metrics | method_metrics, per_persona_table, seconds)
 
 
 def train_over_seeds(cfg: ExperimentConfig, seeds: int) -> RunResult:

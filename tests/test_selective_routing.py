@@ -1,0 +1,19 @@
+"""selective_routing's margin is judged on val dialogues the routing did not choose with."""
+
+import pytest
+
+from research.modules.selective_routing import crossfit_score, routing_proposal
+
+
+def test_crossfit_prefers_a_margin_that_ignores_noise_that_in_sample_routing_rewards():
+    # persona -> (mean on one half of its val dialogues, on the other): the candidate's wins are noise
+    halves = {
+        "unified": {"p1": (0.5, 0.5), "p2": (0.5, 0.5)},
+        "candidate": {"p1": (0.6, 0.4), "p2": (0.4, 0.6)},
+    }
+    in_sample = routing_proposal(
+        {run: {p: h[0] for p, h in per.items()} for run, per in halves.items()}, "unified", 0.0
+    )
+    assert in_sample == {"p1": "candidate", "p2": "unified"}  # scored on the same half: 0.55, above unified's 0.5
+    assert crossfit_score(halves, "unified", 0.0) == pytest.approx((0.4 + 0.5 + 0.5 + 0.4) / 4)
+    assert crossfit_score(halves, "unified", 0.2) == pytest.approx(0.5)  # routes no one: unified everywhere

@@ -17,3 +17,13 @@ def test_crossfit_prefers_a_margin_that_ignores_noise_that_in_sample_routing_rew
     assert in_sample == {"p1": "candidate", "p2": "unified"}  # scored on the same half: 0.55, above unified's 0.5
     assert crossfit_score(halves, "unified", 0.0) == pytest.approx((0.4 + 0.5 + 0.5 + 0.4) / 4)
     assert crossfit_score(halves, "unified", 0.2) == pytest.approx(0.5)  # routes no one: unified everywhere
+
+
+def test_a_new_user_is_routed_by_the_classifier_and_scored_against_unified():
+    from research.modules.selective_routing import new_user_gain
+
+    scores = {"unified": {"p1": 0.5, "p2": 0.5, "p3": 0.5}, "cand": {"p1": 0.7, "p2": 0.4, "p3": 0.6}}
+    proposal = {"p1": "cand", "p2": "unified", "p3": "cand"}
+    # held-out predictions: p1 right (benefits), p2 wrong (routed, loses 0.1), p3 missed (stays on unified)
+    predicted = {"p1": True, "p2": True, "p3": False}
+    assert new_user_gain(scores, proposal, "unified", predicted) == pytest.approx((0.2 - 0.1 + 0.0) / 3)

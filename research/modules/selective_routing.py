@@ -7,7 +7,9 @@ A meta-classifier (scikit-learn logistic regression) then predicts, from what is
 known of a persona before any personalization (description embedding and behaviour
 statistics of its training dialogues), whether it benefits; scored by stratified
 cross-validation on held-out personas and logged with the fitted classifier, so a new
-user can be routed without validation data of their own. Only val scores steer it.
+user can be routed without validation data of their own. `meta/new_user_gain_val_<metric>`
+routes every persona that way, each by a classifier that never saw it, and measures the
+val gain over unified. Only val scores steer it.
 
 The margin is tuned on data the routing did not choose with: `val/crossfit_<metric>`
 splits each persona's val dialogues into two halves (alternating in time), routes on one
@@ -79,8 +81,9 @@ def routing_proposal(scores: dict[str, dict[str, float]], unified: str, margin: 
     return proposal
 
 
-def meta_classifier(features: np.ndarray, benefits: np.ndarray, folds: int, seed: int = 0) -> tuple[dict, object]:
-    """(held-out metrics, classifier fitted on all personas) for `benefits` from `features`."""
+def meta_classifier(features: np.ndarray, benefits: np.ndarray, folds: int, seed: int = 0):
+    """(held-out metrics, classifier fitted on all personas, each persona's prediction by a
+    classifier that did not see it) for `benefits` from `features`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -94,12 +97,22 @@ def meta_classifier(features: np.ndarray, benefits: np.ndarray, folds: int, seed
         "meta/majority_accuracy": float(max(benefits.mean(), 1 - benefits.mean())),
     }
     if minority < 2:  # nothing to learn: every persona is on the same side
-        return metrics, None
+        return metrics, None, None
     splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
     held_out = cross_val_predict(classifier, features, benefits, cv=splitter)
     metrics["meta/accuracy"] = float((held_out == benefits).mean())
     metrics["meta/balanced_accuracy"] = float(balanced_accuracy_score(benefits, held_out))
-    return metrics, classifier.fit(features, benefits)
+    return metrics, classifier.fit(features, benefits), held_out
+
+
+def new_user_gain(scores: dict, proposal: dict[str, str], unified: str, predicted: dict[str, bool]) -> float:
+    """Mean val gain over unified when each persona is routed without its own val history:
+    to the run most personas were routed to if the classifier predicts it benefits, else to
+    unified. `predicted` must come from classifiers that did not see the persona."""
+    chosen = [run for run in proposal.values() if run != unified]
+    default = max(set(chosen), key=chosen.count) if chosen else unified
+    gains = [scores[default if predicted[p] else unified][p] - scores[unified][p] for p in proposal]
+    return float(np.mean(gains))
 
 
 class SelectiveRoutingModule(GroupLoraModule):
@@ -136,7 +149,13 @@ class SelectiveRoutingModule(GroupLoraModule):
             }
         )
         benefits = np.array([proposal[p] != unified for p in provided.persona_ids])
-        self.meta_metrics, self.classifier = meta_classifier(provided.persona_features, benefits, args.meta_folds)
+        self.meta_metrics, self.classifier, held_out = meta_classifier(
+            provided.persona_features, benefits, args.meta_folds
+        )
+        if held_out is not None:  # each persona routed as a new user would be, by a classifier that never saw it
+            self.meta_metrics[f"meta/new_user_gain_val_{args.metric}"] = new_user_gain(
+                scores, proposal, unified, dict(zip(provided.persona_ids, held_out, strict=True))
+            )
         self.meta_metrics["routing/personalised_share"] = float(benefits.mean())
         halves = {run: val_halves(source.artifacts, args.metric) for run, source in sources.items()}
         self.meta_metrics[f"val/crossfit_{args.metric}"] = crossfit_score(halves, unified, args.margin)

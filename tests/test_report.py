@@ -8,7 +8,7 @@ import mlflow
 from research.recipes.experiment import load_config
 from research.recipes.report import build_report
 from research.recipes.run import INSTRUMENT_TAG
-from research.recipes.train import train_and_evaluate
+from research.recipes.train import train_and_evaluate, train_over_seeds
 
 
 def test_report_shows_methods_against_unified_beside_anchors_and_instrument(source_runs, tmp_path):
@@ -37,3 +37,12 @@ def test_report_shows_methods_against_unified_beside_anchors_and_instrument(sour
         "report/report.html",
         "report/report.md",
     }
+
+
+def test_report_prefers_a_methods_seeds_parent(source_runs, tmp_path):
+    experiment, runs = source_runs
+    parent = train_over_seeds(load_config(None, experiment, "per_persona_lora"), 2)
+    cfg = load_config(None, experiment, "unified_lora")
+    build_report(cfg.tracking, [], "param_f1", tmp_path)
+    rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| per_persona_lora")]
+    assert len(rows) == 1 and f"({parent.run_id[:8]})" in rows[0]  # per-persona means across the 2 seeds

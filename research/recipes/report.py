@@ -1,9 +1,10 @@
 """`research report` / `make report`: the study's table from MLflow, for every method against
 unified, beside the simulator's anchors and the instrument (unified told the preferences).
 
-Which runs: the latest finished run of each method that shares unified's lineage (data,
-splits, prompt settings, base; never a sweep trial or a seeds parent unless named), or the
-runs named. The instrument row is the latest run tagged `instrument=told_preferences` on
+Which runs: for each method sharing unified's lineage (data, splits, prompt settings,
+base), its latest seeds parent (`research train --seeds N`: per-persona means across seeds)
+if it has one, else its latest finished run; never a sweep trial unless named; or the runs
+named. The instrument row is the latest run tagged `instrument=told_preferences` on
 the same data, splits and base (its prompt differs by design). Written as Markdown and a
 self-contained HTML page under `reports/`, with plots, and logged as a `report` run.
 """
@@ -45,7 +46,13 @@ def _latest(client, experiment: str, filter_string: str, keep=lambda run: True):
 
 
 def _own_run(run) -> bool:
-    return not {"trial", "aggregate", "instrument"} & run.data.tags.keys()
+    """A method's own run or seeds parent: not a sweep trial, a seed's child run or the instrument."""
+    return not {"trial", "instrument", "mlflow.parentRunId"} & run.data.tags.keys()
+
+
+def _preferred(runs: list) -> list:
+    """Newest first, but a method's seeds parent (per-persona means across seeds) before its single runs."""
+    return sorted(runs, key=lambda run: ("aggregate" not in run.data.tags, -run.info.start_time))
 
 
 def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], Row | None]:
@@ -57,13 +64,13 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
         unified = unified or _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)[0]
         others = [r for r in named if r.info.run_id != unified.info.run_id]
     else:
-        candidates = _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)
+        candidates = _preferred(_latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run))
         if not candidates:
             raise FileNotFoundError(f"experiment {experiment}: no finished unified_lora run to report against")
         unified = candidates[0]
         same = " and ".join(f"tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key in unified.data.tags)
         latest: dict[str, object] = {}
-        for run in _latest(client, experiment, f"{finished} and {same}", _own_run):
+        for run in _preferred(_latest(client, experiment, f"{finished} and {same}", _own_run)):
             latest.setdefault(run.data.tags["method"], run)
         others = [run for method, run in sorted(latest.items()) if method != "unified_lora"]
     for run in others:

@@ -27,3 +27,11 @@ def test_a_new_user_is_routed_by_the_classifier_and_scored_against_unified():
     # held-out predictions: p1 right (benefits), p2 wrong (routed, loses 0.1), p3 missed (stays on unified)
     predicted = {"p1": True, "p2": True, "p3": False}
     assert new_user_gain(scores, proposal, "unified", predicted) == pytest.approx((0.2 - 0.1 + 0.0) / 3)
+
+
+def test_personas_without_val_history_go_where_the_classifier_says():
+    from research.modules.selective_routing import route_new_users
+
+    proposal = {"p1": "cand", "p2": "unified", "p3": "cand", "p4": "other"}
+    assert route_new_users(proposal, "unified", {"new1": True, "new2": False}) == {"new1": "cand", "new2": "unified"}
+    assert route_new_users({"p1": "unified"}, "unified", {"new1": True}) == {"new1": "unified"}  # nothing to route to

@@ -109,10 +109,22 @@ def new_user_gain(scores: dict, proposal: dict[str, str], unified: str, predicte
     """Mean val gain over unified when each persona is routed without its own val history:
     to the run most personas were routed to if the classifier predicts it benefits, else to
     unified. `predicted` must come from classifiers that did not see the persona."""
+    routed = route_new_users(proposal, unified, predicted)
+    return float(np.mean([scores[routed[p]][p] - scores[unified][p] for p in proposal]))
+
+
+def _serves(artifacts: Path, persona: str) -> bool:
+    """Whether a run's adapter can answer `persona`: a shared one, or a group holding it."""
+    groups = artifacts / "adapter" / "groups.json"
+    return not groups.exists() or persona in json.loads(groups.read_text())
+
+
+def route_new_users(proposal: dict[str, str], unified: str, predicted: dict[str, bool]) -> dict[str, str]:
+    """Personas without val history: to the run most personas were routed to where the
+    meta-classifier predicts a benefit, else to unified."""
     chosen = [run for run in proposal.values() if run != unified]
-    default = max(set(chosen), key=chosen.count) if chosen else unified
-    gains = [scores[default if predicted[p] else unified][p] - scores[unified][p] for p in proposal]
-    return float(np.mean(gains))
+    default = max(sorted(set(chosen)), key=chosen.count) if chosen else unified
+    return {persona: default if benefits else unified for persona, benefits in predicted.items()}
 
 
 class SelectiveRoutingModule(GroupLoraModule):
@@ -128,8 +140,32 @@ class SelectiveRoutingModule(GroupLoraModule):
         unified = provided.source("unified_run").run_id
         scores = {run: val_scores(source.artifacts, args.metric) for run, source in sources.items()}
         proposal = routing_proposal(scores, unified, args.margin)
+        # the meta-classifier learns who benefits from the personas with val history, and
+        # routes those without any (new users) to the run most personas were routed to
+        known = [i for i, p in enumerate(provided.persona_ids) if p in proposal]
+        benefits = np.array([proposal[provided.persona_ids[i]] != unified for i in known])
+        features = provided.persona_features
+        self.meta_metrics, self.classifier, held_out = meta_classifier(features[known], benefits, args.meta_folds)
+        if held_out is not None:  # each persona routed as a new user would be, by a classifier that never saw it
+            predicted = {provided.persona_ids[i]: bool(b) for i, b in zip(known, held_out, strict=True)}
+            self.meta_metrics[f"meta/new_user_gain_val_{args.metric}"] = new_user_gain(
+                scores, proposal, unified, predicted
+            )
+        new_users = [i for i, p in enumerate(provided.persona_ids) if p not in proposal]
+        benefit = (
+            self.classifier.predict(features[new_users]) if new_users and self.classifier else [False] * len(new_users)
+        )
+        routed_new = route_new_users(
+            proposal, unified, {provided.persona_ids[i]: bool(b) for i, b in zip(new_users, benefit, strict=True)}
+        )
+        routed_new = {p: run if _serves(sources[run].artifacts, p) else unified for p, run in routed_new.items()}
+        self.meta_metrics["routing/personalised_share"] = float(benefits.mean())
+        self.meta_metrics["routing/new_users"] = len(new_users)
+        halves = {run: val_halves(source.artifacts, args.metric) for run, source in sources.items()}
+        self.meta_metrics[f"val/crossfit_{args.metric}"] = crossfit_score(halves, unified, args.margin)
+        routes = proposal | routed_new
         groups, adapters = {}, {}
-        for persona, run in proposal.items():
+        for persona, run in routes.items():
             directory = sources[run].artifacts / "adapter"
             served = directory / "groups.json"
             subdir = json.loads(served.read_text())[persona] if served.exists() else ""
@@ -142,23 +178,15 @@ class SelectiveRoutingModule(GroupLoraModule):
             load_group(self.layers, g, factors[name])
         self.table = pl.DataFrame(
             {
-                "persona_id": list(proposal),
-                "method": [sources[run].method for run in proposal.values()],
-                "run_id": list(proposal.values()),
-                "val_gain": [scores[run][p] - scores[unified][p] for p, run in proposal.items()],
+                "persona_id": list(routes),
+                "method": [sources[run].method for run in routes.values()],
+                "run_id": list(routes.values()),
+                "val_gain": [
+                    scores[run][p] - scores[unified][p] if p in proposal else None for p, run in routes.items()
+                ],
+                "routed_by": ["val" if p in proposal else "meta-classifier" for p in routes],
             }
         )
-        benefits = np.array([proposal[p] != unified for p in provided.persona_ids])
-        self.meta_metrics, self.classifier, held_out = meta_classifier(
-            provided.persona_features, benefits, args.meta_folds
-        )
-        if held_out is not None:  # each persona routed as a new user would be, by a classifier that never saw it
-            self.meta_metrics[f"meta/new_user_gain_val_{args.metric}"] = new_user_gain(
-                scores, proposal, unified, dict(zip(provided.persona_ids, held_out, strict=True))
-            )
-        self.meta_metrics["routing/personalised_share"] = float(benefits.mean())
-        halves = {run: val_halves(source.artifacts, args.metric) for run, source in sources.items()}
-        self.meta_metrics[f"val/crossfit_{args.metric}"] = crossfit_score(halves, unified, args.margin)
 
     def outputs(self):
         artifacts = {"routing_proposal.parquet": self.table}

@@ -20,6 +20,7 @@ FIGURES = {
         "per_persona_train_peak_rss_mb",
     },
     "sweep_overhead.py": {"sweep_first_trial_overhead_fraction", "sweep_trial_overhead_fraction"},
+    "mfu.py": {"peak_gflops_bf16", "unified_lora_mfu", "per_persona_lora_mfu", "profile_matmul_share"},
 }
 
 

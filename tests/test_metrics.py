@@ -77,6 +77,8 @@ def test_unscored_turns_leave_the_persona_mean_to_the_scored_ones():
         ("Cool! The lights are at 40%.", {("lights", "brightness", "40")}),
         ("It's warm in here, so I've switched the AC to cool.", {("ac", "mode", "cool")}),
         ("Setting the lights to 40% in 5 minutes.", {("lights", "brightness", "40")}),
+        ("I'll turn the lights off in half an hour.", {("lights", "brightness", "0")}),
+        ("Lights to half at quarter past nine.", {("lights", "brightness", "50")}),
         ("It's 8 degrees outside, so I've turned the heating to 23.", {("ac", "temperature", "23")}),
         # decimals stay decimals
         ("Thermostat to 21.5°C.", {("ac", "temperature", "21.5")}),

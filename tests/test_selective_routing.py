@@ -26,7 +26,10 @@ def test_a_new_user_is_routed_by_the_classifier_and_scored_against_unified():
     proposal = {"p1": "cand", "p2": "unified", "p3": "cand"}
     # held-out predictions: p1 right (benefits), p2 wrong (routed, loses 0.1), p3 missed (stays on unified)
     predicted = {"p1": True, "p2": True, "p3": False}
-    assert new_user_gain(scores, proposal, "unified", predicted) == pytest.approx((0.2 - 0.1 + 0.0) / 3)
+    # each persona's default run is the one most *other* personas were routed to (cand for all three)
+    assert new_user_gain(scores, proposal, "unified", predicted, lambda run, p: True) == pytest.approx(0.1 / 3)
+    # a run whose adapter cannot serve the persona sends it to unified instead
+    assert new_user_gain(scores, proposal, "unified", predicted, lambda run, p: p != "p1") == pytest.approx(-0.1 / 3)
 
 
 def test_personas_without_val_history_go_where_the_classifier_says():

@@ -301,13 +301,15 @@ def extract(text: str) -> Extraction:
                 if len(PARAMETER_DEVICES[parameter]) == 1:  # "warm at 40%": the lights are meant
                     mentions.append((i, PARAMETER_DEVICES[parameter][0]))
         elif NUMBER.fullmatch(token):
-            # times, counts, relative changes ("up by 5") and weather readings are not settings
-            if after in NOT_SETTING_UNITS or before == "by" or about_weather(i):
+            # times ("half past 9"), counts, relative changes ("up by 5") and weather readings are not settings
+            if after in NOT_SETTING_UNITS or before in ("by", "past") or about_weather(i):
                 continue
             numbers.append(token)
             kind = "temperature" if after in DEGREE_WORDS else "number"
             values.append((i, kind, token))
         elif token in LEVEL_WORDS and not NUMBER.fullmatch(before):  # "5 min" is a time
+            if token in ("half", "quarter") and after in ("an", "past", "to", "hour", "hours") and before != "to":
+                continue  # "in half an hour", "quarter past nine": times, not levels
             values.append((i, "level", LEVEL_WORDS[token]))
         elif token in MUTE_WORDS:
             values.append((i, "volume", "0"))

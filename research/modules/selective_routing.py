@@ -105,12 +105,17 @@ def meta_classifier(features: np.ndarray, benefits: np.ndarray, folds: int, seed
     return metrics, classifier.fit(features, benefits), held_out
 
 
-def new_user_gain(scores: dict, proposal: dict[str, str], unified: str, predicted: dict[str, bool]) -> float:
-    """Mean val gain over unified when each persona is routed without its own val history:
-    to the run most personas were routed to if the classifier predicts it benefits, else to
-    unified. `predicted` must come from classifiers that did not see the persona."""
-    routed = route_new_users(proposal, unified, predicted)
-    return float(np.mean([scores[routed[p]][p] - scores[unified][p] for p in proposal]))
+def new_user_gain(scores: dict, proposal: dict[str, str], unified: str, predicted: dict[str, bool], serves) -> float:
+    """Mean val gain over unified when each persona is routed as a new user would be: by
+    `predicted` (from classifiers that did not see it) to the run most *other* personas were
+    routed to, if that run's adapter `serves(run, persona)`, else to unified."""
+    gains = []
+    for persona in proposal:
+        others = {p: run for p, run in proposal.items() if p != persona}
+        run = route_new_users(others, unified, {persona: predicted[persona]})[persona]
+        run = run if serves(run, persona) else unified
+        gains.append(scores[run][persona] - scores[unified][persona])
+    return float(np.mean(gains))
 
 
 def _serves(artifacts: Path, persona: str) -> bool:
@@ -149,12 +154,13 @@ class SelectiveRoutingModule(GroupLoraModule):
         if held_out is not None:  # each persona routed as a new user would be, by a classifier that never saw it
             predicted = {provided.persona_ids[i]: bool(b) for i, b in zip(known, held_out, strict=True)}
             self.meta_metrics[f"meta/new_user_gain_val_{args.metric}"] = new_user_gain(
-                scores, proposal, unified, predicted
+                scores, proposal, unified, predicted, lambda run, p: _serves(sources[run].artifacts, p)
             )
         new_users = [i for i, p in enumerate(provided.persona_ids) if p not in proposal]
-        benefit = (
-            self.classifier.predict(features[new_users]) if new_users and self.classifier else [False] * len(new_users)
-        )
+        if self.classifier is not None:
+            benefit = self.classifier.predict(features[new_users]) if new_users else []
+        else:  # every known persona on one side: new users go that way too
+            benefit = [bool(benefits.mean() > 0.5)] * len(new_users)
         routed_new = route_new_users(
             proposal, unified, {provided.persona_ids[i]: bool(b) for i, b in zip(new_users, benefit, strict=True)}
         )

@@ -68,17 +68,19 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
         if not candidates:
             raise FileNotFoundError(f"experiment {experiment}: no finished unified_lora run to report against")
         unified = candidates[0]
-        same = " and ".join(f"tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key in unified.data.tags)
+        same = "".join(f" and tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key in unified.data.tags)
         latest: dict[str, object] = {}
-        for run in _preferred(_latest(client, experiment, f"{finished} and {same}", _own_run)):
+        for run in _preferred(_latest(client, experiment, f"{finished}{same}", _own_run)):
             latest.setdefault(run.data.tags["method"], run)
         others = [run for method, run in sorted(latest.items()) if method != "unified_lora"]
     for run in others:
         check_comparable(run, unified)
-    same_data = " and ".join(
-        f"tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key != "prompt" and key in unified.data.tags
+    same_data = "".join(
+        f" and tags.{key} = '{unified.data.tags[key]}'"
+        for key in LINEAGE
+        if key != "prompt" and key in unified.data.tags
     )
-    told = _latest(client, experiment, f"{finished} and tags.instrument = 'told_preferences' and {same_data}")
+    told = _latest(client, experiment, f"{finished} and tags.instrument = 'told_preferences'{same_data}")
 
     def row(run, name=None) -> Row:
         table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")

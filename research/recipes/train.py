@@ -317,7 +317,9 @@ def train_over_seeds(cfg: ExperimentConfig, seeds: int) -> RunResult:
             for key in children[0].metrics
             if key.startswith("test/") and seeds > 1
         }
-        for key, value in (metrics | spread).items():
+        cost = {"params/trainable": first.data.metrics.get("params/trainable", float("nan"))}
+        cost |= {key: sum(c.seconds[key] for c in children) for key in ("time/fit_s", "time/eval_s")}
+        for key, value in (metrics | spread | cost).items():  # cost: the seeds' summed wall time
             client.log_metric(parent_id, key, value)
         with tempfile.TemporaryDirectory() as tmp:
             per_persona.write_parquet(Path(tmp, "per_persona.parquet"))

@@ -85,11 +85,12 @@ def _open(url: str, screenshot: Path, height: int) -> str:
 
 def _two_methods(experiment: str) -> list:
     """The latest finished run of each of the two most recently run methods (a method's own
-    runs: not sweep trials, seeds parents or the instrument)."""
+    top-level runs: not sweeps, seeds parents, the instrument, or a parent's children, which
+    the runs table folds away)."""
     runs = mlflow.search_runs([experiment], "attributes.status = 'FINISHED'", output_format="list")
     latest: dict[str, object] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
-        if "method" in run.data.tags and not {"trial", "aggregate", "instrument"} & run.data.tags.keys():
+        if "method" in run.data.tags and not {"aggregate", "instrument", "sweep", "mlflow.parentRunId"} & run.data.tags.keys():
             latest.setdefault(run.data.tags["method"], run)
     if len(latest) < 2:
         raise UiCheckError(

@@ -47,6 +47,11 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
     """The MLflow run `run_id` (or the latest usable one) of `method` (None: any), checked against `tags`."""
     client = mlflow.tracking.MlflowClient()
     if not run_id:
+        if missing := [key for key in LINEAGE if key not in tags]:
+            raise SourceError(
+                f"method_args.{field_name}: the run to match has no lineage tag {missing[0]} (made before runs "
+                "recorded their lineage): name the source run explicitly or retrain"
+            )
         same_lineage = " and ".join(f"tags.{key} = '{tags[key]}'" for key in LINEAGE)
         runs = client.search_runs(
             [experiment_id],
@@ -57,7 +62,7 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
         runs = [run for run in runs if _implicit(run)]
         if not runs:
             raise SourceError(
-                f"method_args.{field_name}: no finished {method} run (other than sweep trials) on dataset "
+                f"method_args.{field_name}: no finished {method} run (other than sweep trials and seeds parents) on dataset "
                 f"{tags['dataset']}, splits {tags['splits']}, prompt {tags['prompt']}, base model {tags['base_model']}; "
                 f"train one first (research train --method {method}) or name one with method_args.{field_name}=RUN_ID"
             )

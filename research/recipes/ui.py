@@ -90,7 +90,10 @@ def _two_methods(experiment: str) -> list:
     runs = mlflow.search_runs([experiment], "attributes.status = 'FINISHED'", output_format="list")
     latest: dict[str, object] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
-        if "method" in run.data.tags and not {"aggregate", "instrument", "sweep", "mlflow.parentRunId"} & run.data.tags.keys():
+        if (
+            "method" in run.data.tags
+            and not {"aggregate", "instrument", "sweep", "mlflow.parentRunId"} & run.data.tags.keys()
+        ):
             latest.setdefault(run.data.tags["method"], run)
     if len(latest) < 2:
         raise UiCheckError(

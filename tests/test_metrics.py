@@ -134,3 +134,16 @@ def test_every_persona_weighs_the_same():
     personas = per_persona(turns)
     assert personas["device_precision"].to_list() == [1.0, 0.0]
     assert overall(personas)["device_precision"] == 0.5  # not 3/4
+
+
+def test_parameter_recall_says_which_parameters_a_model_gets_right():
+    from research.evaluation.metrics import parameter_recall
+
+    references = ["Setting the lights to 40% and a warm tone.", "Playing some jazz at volume 25.", "You're welcome!"]
+    predictions = ["Setting the lights to 40% and a daylight tone.", "Playing some jazz at volume 30.", "Okay."]
+    assert parameter_recall(references, predictions) == {
+        "lights.brightness": 1.0,
+        "lights.color": 0.0,
+        "speaker.genre": 1.0,
+        "speaker.volume": 0.0,
+    }

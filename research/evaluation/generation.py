@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from research.config import EvalConfig
-from research.evaluation.metrics import overall, per_persona, score_turns
+from research.evaluation.metrics import overall, parameter_recall, per_persona, score_turns
 
 
 def autocast(precision: str, device: torch.device):
@@ -38,8 +38,10 @@ def generate_split(module, datamodule, split: str, cfg: EvalConfig, precision: s
 
 
 def score(predictions: pl.DataFrame, embedder: str = "") -> tuple[pl.DataFrame, pl.DataFrame, dict[str, float]]:
-    """(turns with metrics, per-persona means, overall means over personas)."""
-    metrics = score_turns(predictions["reference"].to_list(), predictions["prediction"].to_list(), embedder or None)
-    turns = pl.concat([predictions, metrics], how="horizontal")
+    """(turns with metrics, per-persona means, overall means over personas and, pooled over
+    turns, each parameter's recall as `param_recall/<device>.<parameter>`)."""
+    references, replies = predictions["reference"].to_list(), predictions["prediction"].to_list()
+    turns = pl.concat([predictions, score_turns(references, replies, embedder or None)], how="horizontal")
     personas = per_persona(turns)
-    return turns, personas, overall(personas)
+    by_parameter = {f"param_recall/{name}": value for name, value in parameter_recall(references, replies).items()}
+    return turns, personas, overall(personas) | by_parameter

@@ -402,6 +402,19 @@ def score_turns(references: list[str], predictions: list[str], embedder: str | N
     return frame.with_columns(embedding_similarity=pl.Series(similarity, dtype=pl.Float64)).select(METRICS)
 
 
+def parameter_recall(references: list[str], predictions: list[str]) -> dict[str, float]:
+    """For each device parameter ("lights.brightness"), the share of reference settings of it
+    that the prediction sets to the same value, over all turns: which parameters a model gets
+    right, e.g. whether a model told the preferences copies each of them."""
+    due, hit = Counter(), Counter()
+    for reference, prediction in zip(references, predictions, strict=True):
+        predicted = extract(prediction).triples
+        for triple in extract(reference).triples:
+            due[triple[:2]] += 1
+            hit[triple[:2]] += triple in predicted
+    return {f"{device}.{parameter}": hit[device, parameter] / n for (device, parameter), n in sorted(due.items())}
+
+
 def per_persona(turns: pl.DataFrame) -> pl.DataFrame:
     """Mean of each metric over a persona's turns (turns carries persona_id and METRICS)."""
     return turns.group_by("persona_id").agg(pl.col(m).mean() for m in METRICS).sort("persona_id")

@@ -21,7 +21,7 @@ from research.evaluation.metrics import METRICS_VERSION
 from research.models.base import BaseConfig, pretrain_from_dataset
 from research.recipes.data import generate_dataset
 from research.recipes.experiment import load_config
-from research.recipes.tables import print_results
+from research.recipes.tables import print_parameter_recall, print_results
 from research.recipes.train import train_and_evaluate
 
 INSTRUMENT_TAG = {"instrument": "told_preferences"}
@@ -100,5 +100,6 @@ def main_job(overrides: list[str] = (), methods: tuple[str, ...] = ("no_adaptati
         results.append(train_and_evaluate(cfg, tags=tags, run_name=name))
     meta = json.loads((Path(told.data.dir) / "meta.json").read_text())
     print_results(results, "test", meta.get("oracle_headroom"))
+    print_parameter_recall(results, "test", meta.get("oracle_headroom"))
     print_instrument_verdict(instrument_warnings(results[-1].metrics, meta.get("oracle_headroom")))
     return results

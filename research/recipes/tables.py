@@ -47,6 +47,27 @@ def print_results(results, split: str = "test", headroom: dict | None = None) ->
     Console(width=140).print(table)
 
 
+def print_parameter_recall(results, split: str = "test", headroom: dict | None = None) -> None:
+    """Per parameter, the share of reference settings each run got right: where a model
+    told the preferences fails to copy, this shows which parameter it is."""
+    prefix = f"{split}/param_recall/"
+    parameters = sorted({k.removeprefix(prefix) for r in results for k in r.metrics if k.startswith(prefix)})
+    average = (headroom or {}).get("population_average", {})
+    table = Table(title=f"{split}: share of each parameter's reference settings got right (pooled over turns)")
+    table.add_column("parameter", no_wrap=True)
+    for result in results:
+        table.add_column(result.name, justify="right")
+    if average:
+        table.add_column("[dim]simulator: population_average[/dim]", justify="right")
+    for parameter in parameters:
+        cells = [f"{r.metrics[prefix + parameter]:.0%}" if prefix + parameter in r.metrics else "-" for r in results]
+        if average:
+            value = average.get(f"param_recall/{parameter}")
+            cells.append("[dim]-[/dim]" if value is None else f"[dim]{value:.0%}[/dim]")
+        table.add_row(parameter, *cells)
+    Console(width=140).print(table)
+
+
 def print_comparison(rows: list[tuple[str, dict]], metric: str, split: str) -> None:
     table = Table(
         title=f"against unified: {split}/{metric}, per persona; the study's bar: >60% improved, mean >= +0.03, "

@@ -14,11 +14,18 @@ from research.data.simulator.tables import FOLLOW_UP_PARAMETER, FOLLOW_UP_TEXT, 
 from research.data.simulator.wording import render_reply, user_text
 
 
-def make_dialogue(rng: random.Random, persona: Persona, dialogue_id: str, when: datetime, alternates=()):
+def make_dialogue(
+    rng: random.Random,
+    persona: Persona,
+    dialogue_id: str,
+    when: datetime,
+    alternates=(),
+    intent_weights: tuple[float, ...] = INTENT_WEIGHTS,
+):
     """One dialogue as a schema row; `alternates` are (persona, rng) pairs that re-word
     every assistant turn (same actions planned from their own preferences)."""
     ctx = make_context(rng, when)
-    intent = rng.choices(INTENTS, weights=INTENT_WEIGHTS)[0]
+    intent = rng.choices(INTENTS, weights=intent_weights)[0]
     slots = {"value": rng.randint(1, 10) * 10, "feel": "cold" if ctx.temperature_c < 18 else "warm"}
     turns, rewordings = [], [[] for _ in alternates]
     exchanges = [(intent, rng.choice(USER_TEXT[intent]))]
@@ -55,7 +62,14 @@ def make_dialogue(rng: random.Random, persona: Persona, dialogue_id: str, when: 
     return row, rewordings
 
 
-def simulate(n_personas: int, n_dialogues: int, seed: int, archetype: str | None = None, id_prefix: str = "persona"):
+def simulate(
+    n_personas: int,
+    n_dialogues: int,
+    seed: int,
+    archetype: str | None = None,
+    id_prefix: str = "persona",
+    intent_weights: tuple[float, ...] = INTENT_WEIGHTS,
+):
     """Personas and their dialogues; also the re-worded assistant turns needed for the
     oracle headroom: (true preferences, population-average preferences) per turn."""
     rng = random.Random(seed)
@@ -69,7 +83,7 @@ def simulate(n_personas: int, n_dialogues: int, seed: int, archetype: str | None
             when += timedelta(hours=rng.randint(6, 60))
             alternates = [(persona, random.Random(rng.random())), (average, random.Random(rng.random()))]
             row, (true_words, average_words) = make_dialogue(
-                rng, persona, f"{persona.persona_id}_d{j:02d}", when, alternates
+                rng, persona, f"{persona.persona_id}_d{j:02d}", when, alternates, intent_weights
             )
             dialogues.append(row)
             oracle.append(true_words)

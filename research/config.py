@@ -39,7 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
-    monitor: str = "val/loss"  # early stopping and best-weights metric
+    monitor: str = "val/loss"  # early stopping and best-weights metric (another val/ metric is generated per epoch)
+    monitor_mode: Literal["auto", "min", "max"] = "auto"  # auto: min for a loss, max for any other metric
     patience: int = 1  # epochs without improvement before stopping
     limit_train_batches: float = 1.0  # fraction (<=1.0) of training batches per epoch
 

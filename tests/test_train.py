@@ -125,3 +125,41 @@ def test_crash_marks_the_run_failed_with_the_error(experiment):
     (run,) = _client(cfg).search_runs([mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert run.info.status == "FAILED"
     assert "no_such_layer" in run.data.tags["error"]
+
+
+def test_a_metric_to_maximise_keeps_its_best_epoch(experiment):
+    """train.monitor on a metric to maximise: early stopping and best-weight restore use
+    max (by default for anything not a loss), and the metric is generated every epoch."""
+    from research.recipes.train import RestoreBestWeights, make_trainer, monitor_mode
+
+    cfg = load_config(None, [*experiment, "train.monitor=val/param_f1", "train.max_epochs=2"], "unified_lora")
+    assert monitor_mode(cfg.train) == "max" and monitor_mode(load_config(None, [], "unified_lora").train) == "min"
+    result = train_and_evaluate(cfg)
+    history = [m.value for m in _client(cfg).get_metric_history(result.run_id, "val/param_f1")]
+    assert len(history) == 3, "val/param_f1 generated after each of the 2 epochs, then the final evaluation's"
+    restore = next(c for c in make_trainer(cfg).callbacks if isinstance(c, RestoreBestWeights))
+    early = next(c for c in make_trainer(cfg).callbacks if type(c).__name__ == "EarlyStopping")
+    assert restore.sign == -1.0 and early.mode == "max"
+
+
+def test_best_weights_are_the_best_epochs_in_either_direction():
+    from types import SimpleNamespace
+
+    from research.recipes.train import RestoreBestWeights
+
+    class Weights(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def trainable_state(self):
+            return {"w": self.w.detach().clone()}
+
+    for mode, best in (("max", 0.9), ("min", 0.2)):
+        module, restore = Weights(), RestoreBestWeights("val/f1", mode)
+        for value in (0.5, 0.9, 0.2):  # the weights are the epoch's score, so they say which epoch was kept
+            module.w.data.fill_(value)
+            trainer = SimpleNamespace(callback_metrics={"val/f1": torch.tensor(value)}, sanity_checking=False)
+            restore.on_validation_end(trainer, module)
+        restore.on_fit_end(trainer, module)
+        assert module.w.item() == pytest.approx(best), mode

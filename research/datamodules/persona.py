@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -136,9 +138,10 @@ class PersonaDataModule(L.LightningDataModule):
                 }
             )
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.cache_path.with_suffix(".partial")
-        torch.save({"examples": examples, "persona_ids": personas["persona_id"].to_list()}, partial)
-        partial.rename(self.cache_path)
+        # a name of its own: two workers tokenizing on a fresh cache must not write one file
+        with tempfile.NamedTemporaryFile(dir=self.cache_path.parent, suffix=".partial", delete=False) as partial:
+            torch.save({"examples": examples, "persona_ids": personas["persona_id"].to_list()}, partial)
+        os.replace(partial.name, self.cache_path)
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "examples"):

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as L
 import mlflow
@@ -26,7 +27,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
-from research.config import ExperimentConfig, flatten, to_dict
+from research.config import ExperimentConfig, TrainConfig, flatten, to_dict
 from research.data.schema import fingerprint, load_dataset
 from research.datamodules.persona import PersonaDataModule
 from research.evaluation.clustering import behaviour_features, cluster_personas, description_features, log_clustering
@@ -52,17 +53,25 @@ class RestoreBestWeights(Callback):
     """Keep the trainable weights of the best validation epoch in memory and put them
     back when fit ends (a checkpoint file would hold the whole base model)."""
 
-    def __init__(self, monitor: str) -> None:
-        self.monitor, self.best_value, self.best_state = monitor, float("inf"), None
+    def __init__(self, monitor: str, mode: Literal["min", "max"] = "min") -> None:
+        self.monitor, self.sign, self.best_state = monitor, 1.0 if mode == "min" else -1.0, None
+        self.best_value = float("inf")  # of sign * value: lower is better either way
 
     def on_validation_end(self, trainer, module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and not trainer.sanity_checking and float(value) < self.best_value:
-            self.best_value, self.best_state = float(value), module.trainable_state()
+        if value is not None and not trainer.sanity_checking and self.sign * float(value) < self.best_value:
+            self.best_value, self.best_state = self.sign * float(value), module.trainable_state()
 
     def on_fit_end(self, trainer, module) -> None:
         if self.best_state is not None:
             module.load_state_dict(self.best_state, strict=False)
+
+
+def monitor_mode(train: TrainConfig) -> Literal["min", "max"]:
+    """Lower is better for a loss; for every other metric (similarity, F1, precision) higher."""
+    if train.monitor_mode != "auto":
+        return train.monitor_mode
+    return "min" if "loss" in train.monitor.rsplit("/", 1)[-1] else "max"
 
 
 def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
@@ -76,8 +85,8 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
         num_sanity_val_steps=0,
         logger=logger or False,
         callbacks=[
-            EarlyStopping(cfg.train.monitor, patience=cfg.train.patience),
-            RestoreBestWeights(cfg.train.monitor),
+            EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=monitor_mode(cfg.train)),
+            RestoreBestWeights(cfg.train.monitor, monitor_mode(cfg.train)),
             *progress,
         ],
         enable_checkpointing=False,
@@ -90,6 +99,8 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
 def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None, callbacks=()) -> None:
     logger = run_id and RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id)
     trainer = make_trainer(cfg, logger)
+    if cfg.train.monitor != "val/loss" and not any(isinstance(c, GenerativeValidation) for c in callbacks):
+        callbacks = [GenerativeValidation(cfg), *callbacks]  # the monitored metric must exist each epoch
     trainer.callbacks.extend(callbacks)
     trainer.fit(module, datamodule=datamodule)
 

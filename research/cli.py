@@ -157,15 +157,23 @@ def cmd_promote(args) -> None:
 
 
 def cmd_routing(args) -> None:
-    from research.tracking.registry import history, load_table, rollback
+    from research.tracking.registry import history, load_table, rollback, verify
 
     if args.action == "show":
         print(json.dumps(load_table(args.routing), indent=1, sort_keys=True))
     elif args.action == "history":
         for table in history(args.routing):
             print(f"revision {table['revision']}: {json.dumps(table.get('promotion'))}")
+    elif args.action == "verify":
+        drift = verify(_serving_config(args).tracking.uri, args.routing, fix=args.fix)
+        for line in drift:
+            print(("fixed: " if args.fix else "drift: ") + line)
+        if not drift:
+            print("the registry's champion aliases agree with the routing table")
+        elif not args.fix:
+            raise SystemExit(1)
     else:
-        table = rollback(args.routing, args.to)
+        table = rollback(_serving_config(args).tracking.uri, args.routing, args.to)
         print(f"routing table revision {table['revision']}: the routes of revision {table['promotion']['rollback_to']}")
 
 
@@ -369,10 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     serving_overrides(promote)
     promote.set_defaults(func=cmd_promote)
 
-    routing = sub.add_parser("routing", help="show the routing table, its history, or roll back a promotion")
-    routing.add_argument("action", choices=["show", "history", "rollback"])
+    routing = sub.add_parser(
+        "routing",
+        help="show the routing table, its history, roll back a promotion, or verify the registry agrees",
+        description="show: the current table; history: every revision; rollback: a new revision with an "
+        "earlier one's routes (the champion aliases follow); verify: compare each registered model's champion "
+        "alias with the newest version the table routes to, exit 1 on drift (--fix re-derives the aliases).",
+    )
+    routing.add_argument("action", choices=["show", "history", "rollback", "verify"])
     routing.add_argument("--routing", default="routing", help="routing table directory (default: routing)")
     routing.add_argument("--to", type=int, help="rollback: the revision to restore (default: the previous one)")
+    routing.add_argument("--fix", action="store_true", help="verify: set the aliases the table implies")
+    serving_overrides(routing)
     routing.set_defaults(func=cmd_routing)
 
     chat = sub.add_parser("chat", parents=[serving], help="answer one message through the routing table")

@@ -17,7 +17,7 @@ from research.modules.base import greedy_generate
 from research.recipes.experiment import load_config
 from research.recipes.serve import RoutedModel, current_context, known_users, read_requests, write_predictions
 from research.recipes.train import train_and_evaluate
-from research.tracking.registry import RoutingError, history, load_table, promote, register, rollback
+from research.tracking.registry import RoutingError, history, load_table, promote, register, rollback, verify
 
 
 @pytest.fixture
@@ -64,11 +64,35 @@ def test_promotions_write_revisions_that_roll_back(store, tmp_path):
         "adapter": "persona_001",
     }
     assert load_table(tmp_path)["revision"] == 2 and [t["revision"] for t in history(tmp_path)] == [1, 2]
-    back = rollback(tmp_path)
+    client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
+    champion = client.get_model_version_by_alias("per_persona_lora", "champion")
+    assert str(champion.version) == per_persona and "promoted.2" in champion.tags
+    back = rollback(cfg.tracking.uri, tmp_path)
     assert back["revision"] == 3 and back["routes"] == {} and back["fallback"] == first["fallback"]
     assert load_table(tmp_path) == back and len(history(tmp_path)) == 3
-    champion = mlflow.tracking.MlflowClient(cfg.tracking.uri).get_model_version_by_alias("per_persona_lora", "champion")
-    assert str(champion.version) == per_persona and "promoted.2" in champion.tags
+    # the aliases follow the table: per_persona_lora serves no one any more, unified everyone
+    assert "champion" not in client.get_registered_model("per_persona_lora").aliases
+    assert str(client.get_registered_model("unified_lora").aliases["champion"]) == unified
+    assert verify(cfg.tracking.uri, tmp_path) == []
+
+
+def test_verify_names_drift_between_registry_and_table_and_fixes_it(store, tmp_path):
+    cfg, runs, base_fp = store
+    unified, per_persona = _versions(cfg, runs)
+    promote(cfg.tracking.uri, tmp_path, "unified_lora", unified, "all", base_fp)
+    client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
+    # a crash between the table's write and the aliases, or a hand-set alias
+    client.set_registered_model_alias("per_persona_lora", "champion", per_persona)
+    client.delete_registered_model_alias("unified_lora", "champion")
+    assert sorted(verify(cfg.tracking.uri, tmp_path)) == [
+        f"per_persona_lora: champion is version {per_persona}, routing revision 1 implies none (it routes no "
+        "version of it)",
+        f"unified_lora: champion is unset, routing revision 1 implies version {unified}",
+    ]
+    assert len(verify(cfg.tracking.uri, tmp_path, fix=True)) == 2
+    assert verify(cfg.tracking.uri, tmp_path) == []
+    aliases = client.get_registered_model("unified_lora").aliases
+    assert {alias: str(version) for alias, version in aliases.items()} == {"champion": unified, "candidate": unified}
 
 
 def test_refused_promotions_say_why_and_leave_the_table_alone(store, tmp_path):

@@ -6,12 +6,17 @@
 - `promote(model, version, personas)`: checks the version exists, was trained on this
   base model, and serves every persona it is promoted for (one shared adapter, or the
   persona's own in groups.json); then writes a new revision of the routing table and
-  records the promotion on the version (alias `champion`, tag `promoted.<revision>`).
-  A shared adapter promoted for `all` becomes the fallback, which unknown personas get.
+  records the promotion on the version (tag `promoted.<revision>`). A shared adapter
+  promoted for `all` becomes the fallback, which unknown personas get.
 - The table is `routing/table.json`; every revision is also kept, never rewritten, as
-  `routing/history/<revision>.json`. Writes hold a file lock and replace the file
+  `routing/history/<revision>.json`. Writes hold a file lock, fsync and replace the file
   atomically, so concurrent promotions serialise and no reader sees half a table; a
   checksum catches a table corrupted on disk.
+- The table is the truth and the `champion` aliases are derived from it
+  (`champion_versions`): each registered model's champion is its newest version the
+  table routes to, and a model the table no longer routes to has none. Promotion and
+  rollback write the table, then set the aliases, under the same lock; if a crash falls
+  between the two, `verify` names the drift and `verify(fix=True)` re-derives the aliases.
 """
 
 from __future__ import annotations
@@ -117,14 +122,76 @@ def _locked(directory: Path):
 
 
 def _write(directory: Path, table: dict) -> None:
-    """New revision: history file first, then the table, each replaced atomically."""
+    """New revision: history file first, then the table, each on disk (fsync) before it
+    replaces the old one atomically, and the directory entry synced after."""
     table["checksum"] = _checksum(table)
     text = json.dumps(table, indent=1, sort_keys=True)
     for path in (directory / "history" / f"{table['revision']:06d}.json", directory / "table.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.partial")
-        partial.write_text(text)
+        with open(partial, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(partial, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def champion_versions(table: dict | None) -> dict[str, str]:
+    """model -> the `champion` alias the table implies: its newest version that any route
+    or the fallback serves."""
+    champions: dict[str, str] = {}
+    entries = [*(table or {}).get("routes", {}).values(), (table or {}).get("fallback")]
+    for entry in filter(None, entries):
+        if entry["model"] not in champions or int(entry["version"]) > int(champions[entry["model"]]):
+            champions[entry["model"]] = str(entry["version"])
+    return champions
+
+
+def _alias_drift(client, table: dict | None) -> list[tuple[str, str | None, str | None]]:
+    """(model, champion alias now, champion the table implies) wherever they differ."""
+    wanted = champion_versions(table)
+    drift, registered_models, token = [], [], None
+    while True:  # every page: one model per method, but never silently only the first 100
+        page = client.search_registered_models(page_token=token)
+        registered_models += page
+        if not (token := page.token):
+            break
+    for registered in registered_models:
+        now = registered.aliases.get("champion")  # a version number
+        now = None if now is None else str(now)
+        if now != wanted.get(registered.name):
+            drift.append((registered.name, now, wanted.get(registered.name)))
+    return drift
+
+
+def _sync_aliases(client, table: dict | None) -> list[tuple[str, str | None, str | None]]:
+    drift = _alias_drift(client, table)
+    for model, _, version in drift:
+        if version is None:
+            client.delete_registered_model_alias(model, "champion")
+        else:
+            client.set_registered_model_alias(model, "champion", version)
+    return drift
+
+
+def verify(tracking_uri: str, routing_dir: str | Path, fix: bool = False) -> list[str]:
+    """Where the registry's `champion` aliases disagree with the routing table, one line
+    each (none: they agree); `fix` re-derives the aliases from the table under its lock."""
+    client, directory = _client(tracking_uri), Path(routing_dir)
+    with _locked(directory):
+        table = load_table(directory)
+        drift = _sync_aliases(client, table) if fix else _alias_drift(client, table)
+    revision = table["revision"] if table else 0
+    return [
+        f"{model}: champion is {f'version {now}' if now else 'unset'}, routing revision {revision} implies "
+        + (f"version {wanted}" if wanted else "none (it routes no version of it)")
+        for model, now, wanted in drift
+    ]
 
 
 def _last_revision(directory: Path) -> int:
@@ -171,14 +238,17 @@ def promote(
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _write(directory, table)
-    client.set_registered_model_alias(model, "champion", str(version))
-    client.set_model_version_tag(model, str(version), f"promoted.{table['revision']}", json.dumps(table["promotion"]))
+        _sync_aliases(client, table)
+        client.set_model_version_tag(
+            model, str(version), f"promoted.{table['revision']}", json.dumps(table["promotion"])
+        )
     return table
 
 
-def rollback(routing_dir: str | Path, to_revision: int | None = None) -> dict:
-    """A new revision with the routes of `to_revision` (default: the one before the current)."""
-    directory = Path(routing_dir)
+def rollback(tracking_uri: str, routing_dir: str | Path, to_revision: int | None = None) -> dict:
+    """A new revision with the routes of `to_revision` (default: the one before the current);
+    the `champion` aliases follow."""
+    directory, client = Path(routing_dir), _client(tracking_uri)
     with _locked(directory):
         revisions = {t["revision"]: t for t in history(directory)}
         current = _last_revision(directory)
@@ -189,4 +259,5 @@ def rollback(routing_dir: str | Path, to_revision: int | None = None) -> dict:
         table["revision"] = current + 1
         table["promotion"] = {"rollback_to": target, "at": datetime.now(UTC).isoformat(timespec="seconds")}
         _write(directory, table)
+        _sync_aliases(client, table)
     return table

@@ -4,6 +4,7 @@ would share them. `make sweep-distributed-test` runs this file alone."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +17,6 @@ import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from research.recipes.sweep import run_sweep
 
 pytestmark = pytest.mark.distributed
 PG_BIN = Path("/usr/lib/postgresql")
@@ -88,23 +87,83 @@ def mlflow_server(postgres, tmp_path):
         server.wait()
 
 
-def test_two_workers_share_one_study_with_exact_trials_each_with_its_run(experiment, postgres, mlflow_server):
-    overrides = [o for o in experiment if not o.startswith("tracking.")] + [
-        f"tracking.uri={mlflow_server}",
-        "train.max_epochs=1",
-        "eval.splits=val",
-    ]
-    summary = run_sweep("unified_lora", overrides, trials=4, workers=2, storage=f"{postgres}/optuna")
+def _machine(root: Path, name: str, data_root: Path, base_dir: Path) -> Path:
+    """A machine's working directory with its own copies of the data and the base model."""
+    home = root / name
+    shutil.copytree(data_root, home / "data")
+    shutil.copytree(base_dir, home / "models" / "base")
+    return home
 
-    study = optuna.load_study(study_name=summary["study"], storage=f"{postgres}/optuna")
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # exact: no trial lost or run twice
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4, "the two workers drew different trials"
+
+def _worker(home: Path, spec: Path, storage: str, tracking: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "research.cli", "sweep", "--method", "unified_lora", "--spec", str(spec),
+        "--storage", storage, f"tracking.uri={tracking}", "data.dir=data/personas", "base_model=models/base",
+        "data.cache_dir=data/cache", "train.batch_size=4", "train.precision=32-true", "eval.max_new_tokens=16",
+        "eval.splits=val", "train.max_epochs=4", "train.patience=100",
+    ]  # fmt: skip
+    log = open(home / "worker.log", "w")  # noqa: SIM115 - the process writes it until it ends
+    return subprocess.Popen(command, cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_machines_share_one_study_and_a_killed_one_loses_only_its_trial(
+    data_root, base_dir, postgres, mlflow_server, tmp_path
+):
+    """Two worker processes, each in its own directory with its own data and base copies,
+    on one PostgreSQL study and one MLflow server. One is SIGKILLed mid-trial; the other
+    goes on. The study ends at exactly its trial count; the killed trial is failed (and
+    its run FAILED) only once its heartbeat is overdue; the live worker's trials are whole."""
+    spec = tmp_path / "spec.yaml"  # continuous lr: two draws are never equal by chance
+    spec.write_text(
+        "trials: 4\nsampler: {name: random, seed: 0}\npruner: {name: none}\nheartbeat: {interval: 1, grace: 3}\n"
+        "space:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+    )
+    storage = f"{postgres}/optuna"
+    homes = [_machine(tmp_path, name, data_root, base_dir) for name in ("a", "b")]
+    # the same command on both (another config would be another study); trials of a few seconds
+    doomed, live = (_worker(home, spec, storage, mlflow_server) for home in homes)
+    try:
+        study, deadline = None, time.time() + 300
+        while time.time() < deadline:  # until "a" runs a trial
+            if not study:
+                names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+                study = names and optuna.load_study(study_name=names[0], storage=storage)
+            running = study and [
+                t
+                for t in study.get_trials(states=(TrialState.RUNNING,))
+                if t.user_attrs.get("worker", {}).get("pid") == doomed.pid
+            ]
+            if running:
+                break
+            assert doomed.poll() is None, (homes[0] / "worker.log").read_text()[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("worker a never started a trial")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        killed_at = time.time()
+        (killed,) = running
+        assert live.wait(timeout=400) == 0, (homes[1] / "worker.log").read_text()[-3000:]
+    finally:
+        for process in (doomed, live):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        doomed.wait()
+
+    trials = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    ran = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state for t in ran].count(TrialState.COMPLETE) == 4  # exactly the study's count
+    (failed,) = [t for t in ran if t.state == TrialState.FAIL]
+    assert failed.number == killed.number
+    # failed only after its heartbeat went silent for the grace period (less one beat)
+    assert failed.datetime_complete.timestamp() >= killed_at + 3 - 1
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == len(ran), "no parameter set drawn twice"
 
     client = mlflow.tracking.MlflowClient(mlflow_server)
     experiment_id = client.get_experiment_by_name("persona-lab").experiment_id
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
-    assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2, 3]
-    assert {c.info.run_id for c in children} == {t.user_attrs["run_id"] for t in trials}
-    assert all(c.info.status == "FINISHED" for c in children)
+    runs = {int(r.data.tags["trial"]): r for r in client.search_runs([experiment_id], "tags.trial != ''")}
+    for trial in ran:
+        if trial.state == TrialState.COMPLETE:  # the live worker's: whole and untouched
+            assert runs[trial.number].info.status == "FINISHED"
+            assert trial.user_attrs["run_id"] == runs[trial.number].info.run_id
+            assert trial.user_attrs["worker"]["pid"] == live.pid
+    assert runs[killed.number].info.status == "FAILED" and "interrupted" in runs[killed.number].data.tags["error"]

@@ -62,7 +62,8 @@ def test_sweep_logs_a_parent_and_one_child_per_trial_with_the_best_on_the_parent
 def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment):
     overrides = [*experiment, *FAST, "method_args.target_modules=[no_such_layer]"]
     summary = run_sweep("unified_lora", overrides, trials=1)
-    assert summary["states"]["FAIL"] == 1 and summary["best"] is None
+    # failed trials do not count towards the budget: replaced, until 3 in a row stop the worker
+    assert summary["states"]["FAIL"] == 3 and summary["best"] is None
     client, exp = _client(experiment)
     (run,) = client.search_runs([exp], f"tags.study = '{summary['study']}' and tags.trial = '0'")
     assert run.info.status == "FAILED" and "no_such_layer" in run.data.tags["error"]
@@ -79,8 +80,11 @@ def test_a_sweep_objective_must_be_a_val_metric(tmp_path):
 
 
 def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_ones_untouched(experiment, tmp_path):
-    spec = tmp_path / "slow.yaml"  # trials long enough (~10 s) to be caught mid-way
-    spec.write_text("trials: 2\npruner: {name: none}\nspace:\n  train.lr: {type: float, low: 1.0e-5, high: 2.0e-5}\n")
+    spec = tmp_path / "slow.yaml"  # trials long enough (~10 s) to be caught mid-way; a 3 s heartbeat grace
+    spec.write_text(
+        "trials: 2\npruner: {name: none}\nheartbeat: {interval: 1, grace: 3}\n"
+        "space:\n  train.lr: {type: float, low: 1.0e-5, high: 2.0e-5}\n"
+    )
     overrides = [*experiment, *FAST, "train.max_epochs=40", "train.patience=100"]
     client, exp = _client(experiment)
     command = [
@@ -109,11 +113,14 @@ def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_one
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    killed_at = time.time()
     (first,) = client.search_runs([exp], "tags.trial = '0'")
+    time.sleep(3)  # the heartbeat's grace: only then is a silent trial known to be dead
     run_sweep("unified_lora", overrides, spec_path=spec)
     study = _study(overrides, spec)
     states = [t.state for t in study.get_trials()]
-    assert states.count(TrialState.COMPLETE) == 2 and states[1] == TrialState.FAIL
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert study.get_trials()[1].datetime_complete.timestamp() >= killed_at + 3 - 1  # grace, less one beat
     interrupted = client.search_runs([exp], "tags.trial = '1'")
     assert len(interrupted) == 1 and interrupted[0].info.status == "FAILED"
     assert "interrupted" in interrupted[0].data.tags["error"]
@@ -160,3 +167,20 @@ def test_a_sourced_sweep_resolves_its_source_once_and_records_it_on_the_parent(s
     children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{again['parent_run_id']}'")
     assert len(children) == 2 and {c.data.tags["source.unified_run"] for c in children} == {runs["unified_lora"]}
     client.delete_run(newer.run_id)  # the store is shared by the session's tests
+
+
+def test_a_machine_with_other_data_or_base_refuses_to_join(data_root, base_dir, experiment, tmp_path):
+    """The study records its lineage when it is created; a worker whose local base model
+    differs (here: the same architecture retrained with another seed) does not join."""
+    from conftest import TINY_BASE
+
+    from research.models.base import BaseConfig, pretrain_from_dataset
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("trials: 0\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
+    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, runs nothing
+    other_base = tmp_path / "other_base"
+    pretrain_from_dataset(data_root / "neutral", other_base, BaseConfig(**TINY_BASE, seed=1))
+    elsewhere = [o for o in experiment if not o.startswith("base_model=")] + [f"base_model={other_base}"]
+    with pytest.raises(ConfigError, match="was created on base_fingerprint .* this worker has"):
+        run_sweep("unified_lora", elsewhere, spec_path=spec)

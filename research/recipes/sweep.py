@@ -10,8 +10,22 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
 - Space, objective (a `val/` metric, never test), direction, trials, sampler and pruner
   come from `sweeps/<method>.yaml`; pruning runs through optuna-integration's Lightning
   callback, on the objective computed after every validation epoch.
-- Resume: a trial left RUNNING by a killed sweep is marked FAIL in Optuna and its
-  MLflow run FAILED (tag `error`) before new trials start; finished ones are untouched.
+- Dead or alive: every worker beats Optuna's heartbeat (database storages: SQLite,
+  PostgreSQL) while it runs a trial; a trial whose worker stopped beating for the grace
+  period is failed, by whichever worker starts a trial next, and its MLflow run marked
+  FAILED (tag `error`). A trial another machine is running keeps beating and is never
+  touched. The journal file (several workers on one host) has no heartbeat: each trial
+  records its worker's process (pid and start time), and a RUNNING trial is failed when
+  that process no longer exists.
+- Budget: the study stops at its trial count (COMPLETE + PRUNED) however many workers or
+  machines join. Each worker runs until the count is reached; a trial that would exceed
+  it (two workers asked at the same moment) is not run: it is marked FAIL with
+  `surplus=true`. Failed trials do not count, so they are replaced.
+- Samplers are seeded per trial (seed + trial number): workers on any machine draw
+  different trials, and a study's draws do not depend on how many workers ran it.
+- One study, one lineage: the study records the dataset, splits, prompt settings and base
+  model fingerprint when it is created; a worker whose local data or base differ refuses
+  to join, naming what differs.
 - Sources (hybrid, constrained, merges): resolved once when the study starts and recorded
   on the parent run (tags `source.<field>`), so every trial builds on the same runs.
 - Storage: SQLite beside the MLflow store for one worker; Optuna's journal file for
@@ -22,15 +36,16 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import optuna
 import yaml
 
 from research.config import ConfigError, build
@@ -39,7 +54,7 @@ from research.recipes.run import ensure_data_and_base
 from research.recipes.train import GenerativeValidation, run_tags, train_and_evaluate
 from research.tracking.registry import register
 from research.tracking.runs import experiment_id
-from research.tracking.sources import resolve_sources
+from research.tracking.sources import LINEAGE, resolve_sources
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
@@ -52,6 +67,8 @@ class SweepSpec:
     sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     pruner: dict = field(default_factory=lambda: {"name": "median"})
     space: dict = field(default_factory=dict)
+    # seconds: how often a worker beats, and how long a silent trial lives before it is failed
+    heartbeat: dict = field(default_factory=lambda: {"interval": 20, "grace": 120})
 
 
 def load_spec(method: str, path: str | Path | None = None) -> SweepSpec:
@@ -81,8 +98,15 @@ def suggest(trial, space: dict) -> list[str]:
     return overrides
 
 
+# Where things are on one machine, not what the study is: each machine has its own copies
+# (the study's lineage check compares their content) and reaches the servers by its own URL.
+LOCAL_KEYS = ("data.dir", "data.cache_dir", "base_model", "tracking.uri", "tracking.artifacts")
+
+
 def study_name(method: str, spec: SweepSpec, overrides: list[str]) -> str:
-    digest = hashlib.sha256(json.dumps([spec.__dict__, sorted(overrides)], sort_keys=True).encode())
+    """The method and a hash of the search space and the overrides that change what is trained."""
+    defining = sorted(o for o in overrides if o.split("=", 1)[0] not in LOCAL_KEYS)
+    digest = hashlib.sha256(json.dumps([spec.__dict__, defining], sort_keys=True).encode())
     return f"{method}-{digest.hexdigest()[:8]}"
 
 
@@ -92,7 +116,31 @@ def default_storage(tracking_uri: str, workers: int) -> str:
     return f"journal:{folder / 'optuna.journal'}" if workers > 1 else f"sqlite:///{folder / 'optuna.db'}"
 
 
-def open_storage(url: str):
+@dataclass(frozen=True)
+class MarkRunFailed:
+    """Optuna's stale-trial callback: the failed trial's MLflow run becomes FAILED."""
+
+    tracking_uri: str
+    experiment: str
+
+    def __call__(self, study, trial) -> None:
+        import mlflow
+
+        _fail_runs(mlflow.tracking.MlflowClient(self.tracking_uri), self.experiment, study.study_name, trial.number)
+
+
+def _fail_runs(client, experiment: str, study: str, number: int) -> None:
+    for run in client.search_runs(
+        [experiment],
+        f"tags.study = '{study}' and tags.trial = '{number}' and attributes.status = 'RUNNING'",
+    ):
+        client.set_tag(run.info.run_id, "error", "interrupted: the worker running this trial stopped")
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
+def open_storage(url: str, heartbeat: dict | None = None, on_stale: MarkRunFailed | None = None):
+    """Optuna storage for `url`; database storages beat a heartbeat (`heartbeat`: interval
+    and grace seconds), and `on_stale` is called for each trial failed for silence."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -100,20 +148,51 @@ def open_storage(url: str):
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    heartbeat = heartbeat or SweepSpec().heartbeat
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=int(heartbeat["interval"]),
+        grace_period=int(heartbeat["grace"]),
+        heartbeat_stale_trial_callback=on_stale,
+    )
 
 
-def _sampler(spec: SweepSpec, worker: int = 0):
-    """The YAML's sampler; each worker seeds its own, or parallel workers draw the same trials."""
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """An Optuna sampler that is `make(seed + trial number)` for each trial: workers on any
+    machine, each with its own sampler object, never share a random stream."""
+
+    def __init__(self, make, seed: int | None) -> None:
+        self.make, self.seed, self.current = make, seed, make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self.current = self.make(None if self.seed is None else self.seed + trial.number)
+        self.current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.current.reseed_rng()
+
+
+def _sampler(spec: SweepSpec):
+    """The YAML's sampler, seeded per trial."""
     import optuna
 
     name = spec.sampler.get("name", "tpe")
-    seed = spec.sampler.get("seed")
-    seed = None if seed is None else seed + worker
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if name not in samplers:
         raise ConfigError(f"sampler.name: {name!r} is not allowed (allowed: {', '.join(samplers)})")
-    return samplers[name](seed=seed)
+    return PerTrialSeed(lambda seed: samplers[name](seed=seed), spec.sampler.get("seed"))
 
 
 def _pruner(spec: SweepSpec):
@@ -132,6 +211,48 @@ def _pruner(spec: SweepSpec):
     return pruners[name]()
 
 
+COUNTED = ("COMPLETE", "PRUNED")  # the trial states the budget counts
+
+
+class BudgetReached(Exception):
+    """A trial asked for after the study's budget was taken: it is not run."""
+
+
+class StopAfterFailures:
+    """Stop this worker after `limit` failed trials in a row: failed trials do not count
+    towards the budget, so a config that always fails would be retried forever."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit, self.in_a_row = limit, 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.user_attrs.get("surplus"):
+            return
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= self.limit:
+            print(f"{self.limit} trials in a row failed: this worker stops (see the runs' error tags)")
+            study.stop()
+
+
+def _process_identity(pid: int | None = None) -> dict:
+    """This machine and a process on it; the start time tells a reused pid from the original."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return {"host": socket.gethostname(), "pid": process.pid, "started": process.create_time()}
+
+
+def _alive(worker: dict) -> bool:
+    import psutil
+
+    try:
+        return _process_identity(worker["pid"])["started"] == worker["started"]
+    except psutil.NoSuchProcess:
+        return False
+
+
 @dataclass
 class Sweep:
     method: str
@@ -139,22 +260,37 @@ class Sweep:
     spec: SweepSpec
     name: str
     storage: str
+    budget: int
+    tracking_uri: str
+    experiment: str
     parent_run_id: str = ""
-    worker: int = 0
 
     def study(self):
-        import optuna
-
         return optuna.load_study(
             study_name=self.name,
-            storage=open_storage(self.storage),
-            sampler=_sampler(self.spec, self.worker),
+            storage=open_storage(self.storage, self.spec.heartbeat, MarkRunFailed(self.tracking_uri, self.experiment)),
+            sampler=_sampler(self.spec),
             pruner=_pruner(self.spec),
         )
+
+    def claim(self, trial) -> None:
+        """Run this trial only if fewer than `budget` trials before it are done or running
+        (trial numbers are given out one by one by the storage, so two workers asking at
+        once cannot both take the last place)."""
+        from optuna.trial import TrialState
+
+        states = (*(TrialState[name] for name in COUNTED), TrialState.RUNNING)
+        taken = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        trial.set_user_attr("worker", _process_identity())
+        if len(taken) >= self.budget:
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise BudgetReached(f"trial {trial.number} not run: the study's {self.budget} trials are taken")
 
     def objective(self, trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
+        self.claim(trial)
         cfg = load_config(None, [*self.overrides, *suggest(trial, self.spec.space)], self.method)
         callbacks = []
         if self.spec.pruner.get("name", "median") != "none":
@@ -170,13 +306,28 @@ class Sweep:
             )
         return result.metrics[self.spec.objective]
 
-    def work(self, trials: int) -> None:
-        """Run `trials` trials of the study in this process."""
-        self.study().optimize(self.objective, n_trials=trials, catch=(Exception,), gc_after_trial=True)
+    def work(self) -> None:
+        """Run trials in this process until the study has `budget` finished ones."""
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        study = self.study()
+        if _counted(study) >= self.budget:
+            return
+        stop_at_budget = MaxTrialsCallback(self.budget, states=tuple(TrialState[name] for name in COUNTED))
+        study.optimize(
+            self.objective, catch=(Exception,), gc_after_trial=True, callbacks=[stop_at_budget, StopAfterFailures()]
+        )
 
 
-def _worker(sweep: Sweep, trials: int) -> None:
-    sweep.work(trials)
+def _worker(sweep: Sweep) -> None:
+    sweep.work()
+
+
+def _counted(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=tuple(TrialState[name] for name in COUNTED)))
 
 
 def _tracking(overrides: list[str], method: str):
@@ -184,20 +335,49 @@ def _tracking(overrides: list[str], method: str):
     return cfg, experiment_id(cfg.tracking)
 
 
-def _fail_interrupted(study, client, experiment: str) -> int:
-    """Mark trials a killed sweep left RUNNING as FAIL, and their MLflow runs FAILED."""
+def fail_stopped_workers(study, client, experiment: str, grace: float) -> int:
+    """Fail the RUNNING trials whose worker stopped, and mark their MLflow runs FAILED.
+    Database storages: Optuna's heartbeat (silent for the grace period). The journal file:
+    the trial's worker process, on this host, no longer exists (one asked for but not yet
+    claimed by any process is left for `grace` seconds)."""
+    from datetime import datetime
+
+    from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        for run in client.search_runs(
-            [experiment],
-            f"tags.study = '{study.study_name}' and tags.trial = '{trial.number}' and attributes.status = 'RUNNING'",
-        ):
-            client.set_tag(run.info.run_id, "error", "interrupted: the sweep was killed during this trial")
-            client.set_terminated(run.info.run_id, "FAILED")
-    return len(stale)
+    if isinstance(study._storage, BaseHeartbeat):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        optuna.storages.fail_stale_trials(study)  # its callback marks the runs FAILED
+        return len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            stopped = (datetime.now() - trial.datetime_start).total_seconds() > grace
+        else:
+            stopped = worker["host"] == socket.gethostname() and not _alive(worker)
+        if stopped:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            _fail_runs(client, experiment, study.study_name, trial.number)
+            failed += 1
+    return failed
+
+
+def check_lineage(study, cfg) -> None:
+    """Record what the study is made on when it is new; refuse a worker whose local data,
+    splits, prompt settings or base model differ, naming what differs."""
+    mine = {key: run_tags(cfg)[key] for key in LINEAGE}
+    recorded = study.user_attrs.get("lineage")
+    if recorded is None:
+        study.set_user_attr("lineage", mine)
+        return
+    for key in LINEAGE:
+        if recorded.get(key) != mine[key]:
+            raise ConfigError(
+                f"study {study.study_name} was created on {key} {recorded.get(key)!r}, this worker has "
+                f"{mine[key]!r} (data.dir={cfg.data.dir}, base_model={cfg.base_model}): it does not join; use the "
+                "study's data and base model"
+            )
 
 
 def _parent_run(client, experiment: str, sweep: Sweep) -> str:
@@ -222,9 +402,9 @@ def _summarise(study, client, parent: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    states = {s.name: 0 for s in TrialState}
+    states = {s.name: 0 for s in TrialState} | {"SURPLUS": 0}  # surplus: FAIL, never run (the budget was taken)
     for trial in study.get_trials(deepcopy=False):
-        states[trial.state.name] += 1
+        states["SURPLUS" if trial.user_attrs.get("surplus") else trial.state.name] += 1
     for state, count in states.items():
         client.log_metric(parent, f"trials/{state.lower()}", count)
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
@@ -281,11 +461,10 @@ def run_sweep(
     storage: str | None = None,
     spec_path: str | Path | None = None,
 ) -> dict:
-    """Create or resume the study, run its remaining trials on `workers` processes, and
-    summarise it on the parent MLflow run."""
+    """Create or join the study, run trials on `workers` processes until it has its trial
+    count, and summarise it on the parent MLflow run. Any number of machines may run this
+    at once on one storage and tracking server."""
     import mlflow
-    import optuna
-    from optuna.trial import TrialState
 
     overrides = list(overrides)
     spec = load_spec(method, spec_path)
@@ -293,43 +472,42 @@ def run_sweep(
     ensure_data_and_base(cfg)
     name = study_name(method, spec, overrides)
     storage = storage or default_storage(cfg.tracking.uri, workers)
+    on_stale = MarkRunFailed(cfg.tracking.uri, experiment)
     study = optuna.create_study(
         study_name=name,
-        storage=open_storage(storage),
+        storage=open_storage(storage, spec.heartbeat, on_stale),
         direction=spec.direction,
         sampler=_sampler(spec),
         pruner=_pruner(spec),
         load_if_exists=True,
     )
+    check_lineage(study, cfg)
     client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
-    interrupted = _fail_interrupted(study, client, experiment)
-    sweep = Sweep(method, overrides, spec, name, storage)
+    interrupted = fail_stopped_workers(study, client, experiment, spec.heartbeat["grace"])
+    budget = trials or spec.trials
+    sweep = Sweep(method, overrides, spec, name, storage, budget, cfg.tracking.uri, experiment)
     sweep.parent_run_id = _parent_run(client, experiment, sweep)
     sweep.overrides = [*overrides, *_sources_once(client, cfg, experiment, sweep.parent_run_id)]
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    remaining = max(0, (trials or spec.trials) - done)
+    done = _counted(study)
     print(
-        f"study {name} ({storage}): {done} trials done, {remaining} to run on {workers} worker(s)"
-        + (f"; {interrupted} interrupted trial(s) marked failed" if interrupted else "")
+        f"study {name} ({storage}): {done} of {budget} trials done, running on {workers} worker(s) here"
+        + (f"; {interrupted} trial(s) of stopped workers marked failed" if interrupted else "")
     )
-    shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
     if workers == 1:
-        sweep.work(remaining)
-    elif remaining:
+        sweep.work()
+    elif done < budget:
         context = multiprocessing.get_context("spawn")
-        processes = [
-            context.Process(target=_worker, args=(dataclasses.replace(sweep, worker=w), n))
-            for w, n in enumerate(shares)
-            if n
-        ]
+        processes = [context.Process(target=_worker, args=(sweep,)) for _ in range(workers)]
         for process in processes:
             process.start()
         for process in processes:
             process.join()
+    fail_stopped_workers(study, client, experiment, spec.heartbeat["grace"])
     summary = _summarise(study, client, sweep.parent_run_id)
     if summary["best"] is not None and client.list_artifacts(summary["best_run_id"], "adapter"):
         version = register(cfg.tracking.uri, summary["best_run_id"])  # alias candidate
         client.set_tag(sweep.parent_run_id, "registered", f"{version.name}/{version.version}")
         summary["registered"] = f"{version.name} version {version.version}"
-    client.set_terminated(sweep.parent_run_id, "FINISHED")
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        client.set_terminated(sweep.parent_run_id, "FINISHED")  # else another machine is still at work
     return {"study": name, "parent_run_id": sweep.parent_run_id, **summary}

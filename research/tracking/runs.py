@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import polars as pl
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.exceptions import MlflowException
 
 from research.config import TrackingConfig
 from research.evaluation.metrics import METRICS
@@ -53,10 +54,16 @@ def experiment_id(cfg: TrackingConfig) -> str:
             if key not in experiment.tags:  # an experiment made before the tag existed
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
-    if cfg.uri.startswith(("http://", "https://")):  # a tracking server stores artifacts itself (proxied)
-        return mlflow.create_experiment(cfg.experiment, tags=_experiment_tags())
-    location = Path(cfg.artifacts).resolve().as_uri() if "://" not in cfg.artifacts else cfg.artifacts
-    return mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=_experiment_tags())
+    location = None  # a tracking server stores artifacts itself (proxied)
+    if not cfg.uri.startswith(("http://", "https://")):
+        location = Path(cfg.artifacts).resolve().as_uri() if "://" not in cfg.artifacts else cfg.artifacts
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=_experiment_tags())
+    except MlflowException:
+        # another machine created it a moment ago: use theirs (anything else fails again here)
+        if (experiment := mlflow.get_experiment_by_name(cfg.experiment)) is None:
+            raise
+        return experiment.experiment_id
 
 
 def log_adapter_model(run, method: str, kind: str, base_model: str) -> str:
@@ -96,7 +103,12 @@ def log_dataset(dialogues: pl.DataFrame, directory: str | Path, digest: str) -> 
         dataset = mlflow.data.from_polars(
             dialogues, source=directory.as_uri(), name=f"{directory.parent.name}/{directory.name}", digest=digest
         )
-    mlflow.log_input(dataset, context="train+eval")
+    try:
+        mlflow.log_input(dataset, context="train+eval")
+    except MlflowException:
+        # a run on another machine recorded this dataset at the same moment (the store's unique
+        # key refuses the second insert); now it exists, and logging links this run to it
+        mlflow.log_input(dataset, context="train+eval")
 
 
 def git_sha() -> str:

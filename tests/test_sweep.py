@@ -184,3 +184,26 @@ def test_a_machine_with_other_data_or_base_refuses_to_join(data_root, base_dir, 
     elsewhere = [o for o in experiment if not o.startswith("base_model=")] + [f"base_model={other_base}"]
     with pytest.raises(ConfigError, match="was created on base_fingerprint .* this worker has"):
         run_sweep("unified_lora", elsewhere, spec_path=spec)
+
+
+def test_on_a_journal_file_only_trials_of_processes_that_are_gone_are_failed(experiment, tmp_path):
+    """Several workers on one host share a journal file, which has no heartbeat: a RUNNING
+    trial is failed when its worker process no longer exists, never while it lives."""
+    from research.recipes.sweep import _process_identity, fail_stopped_workers
+
+    client, exp = _client(experiment)
+    storage = open_storage(f"journal:{tmp_path / 'optuna.journal'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    ended = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    gone = _process_identity(ended.pid)  # recorded while it ran, as a worker records itself
+    ended.communicate()  # then it ends
+    trials = {}
+    for name, worker in (("gone", gone), ("alive", _process_identity())):
+        trials[name] = study.ask()
+        trials[name].set_user_attr("worker", worker)
+        client.create_run(exp, tags={"study": "s", "trial": str(trials[name].number)})
+    assert fail_stopped_workers(study, client, exp, grace=60) == 1
+    states = {name: study._storage.get_trial(t._trial_id).state for name, t in trials.items()}
+    assert states == {"gone": TrialState.FAIL, "alive": TrialState.RUNNING}
+    runs = {r.data.tags["trial"]: r.info.status for r in client.search_runs([exp], "tags.study = 's'")}
+    assert runs == {str(trials["gone"].number): "FAILED", str(trials["alive"].number): "RUNNING"}

@@ -41,6 +41,7 @@ import json
 import multiprocessing
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -347,7 +348,9 @@ def fail_stopped_workers(study, client, experiment: str, grace: float) -> int:
 
     if isinstance(study._storage, BaseHeartbeat):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        optuna.storages.fail_stale_trials(study)  # its callback marks the runs FAILED
+        with warnings.catch_warnings():  # experimental in name only: Optuna calls it before every trial
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # its callback marks the runs FAILED
         return len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

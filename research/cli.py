@@ -326,11 +326,18 @@ def main(argv: list[str] | None = None) -> None:
         "sweep",
         help="Optuna sweep of one method (search space in sweeps/METHOD.yaml); resumes the same study",
         description="One parent MLflow run per study, one child run per trial. Rerunning the same "
-        "command resumes the study (a trial killed mid-way is marked failed).",
+        "command resumes the study; the same command on other machines (--storage postgresql://..., "
+        "tracking.uri=http://...) joins it, each with its own data and base copies, which must match the "
+        "study's. The study stops at exactly --trials finished trials however many workers join; a trial "
+        "whose worker stopped beating its heartbeat is failed, its MLflow run marked FAILED.",
     )
     sweep.add_argument("--method", required=True, help="registered method name (see `research methods`)")
     sweep.add_argument("--spec", help="search-space YAML (default: sweeps/METHOD.yaml)")
-    sweep.add_argument("--trials", type=int, help="total trials for the study (default: the YAML's)")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        help="finished trials the study stops at, over all workers and machines (default: the YAML's)",
+    )
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this host (journal storage)")
     sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite, or a journal file for workers > 1)")
     sweep.add_argument(

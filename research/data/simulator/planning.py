@@ -68,15 +68,6 @@ def plan_actions(intent: str, persona: Persona, ctx: Context, slots: dict) -> li
             ("ac", "mode", "heat"),
             ("ac", "temperature", str(temperature + 1)),
         ]
-    if intent == "usual":  # the stated settings as they are: no context adjusts them
-        return [
-            ("lights", "brightness", str(persona.brightness)),
-            ("lights", "color", persona.color),
-            ("ac", "temperature", str(persona.temperature)),
-            ("speaker", "genre", persona.genre),
-            ("speaker", "volume", str(persona.speaker_volume)),
-            ("tv", "volume", str(persona.tv_volume)),
-        ]
     raise ValueError(f"unknown intent {intent!r}")
 
 

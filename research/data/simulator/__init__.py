@@ -11,6 +11,6 @@ seed gives the same dataset bit for bit.
 """
 
 from research.data.simulator.dialogues import simulate
-from research.data.simulator.tables import NAMES, PET_PHRASES
+from research.data.simulator.tables import INTENT_WEIGHTS, INTENTS, NAMES, PET_PHRASES
 
-__all__ = ["NAMES", "PET_PHRASES", "simulate"]
+__all__ = ["INTENTS", "INTENT_WEIGHTS", "NAMES", "PET_PHRASES", "simulate"]

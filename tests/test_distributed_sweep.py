@@ -122,6 +122,12 @@ def test_two_machines_share_one_study_and_a_killed_one_loses_only_its_trial(
     homes = [_machine(tmp_path, name, data_root, base_dir) for name in ("a", "b")]
     # the same command on both (another config would be another study); trials of a few seconds
     doomed, live = (_worker(home, spec, storage, mlflow_server) for home in homes)
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+
+    def experiment_id() -> str:  # created by whichever worker starts first
+        experiment = client.get_experiment_by_name("persona-lab")
+        return experiment.experiment_id if experiment else "-1"
+
     try:
         study, deadline = None, time.time() + 300
         while time.time() < deadline:  # until "a" runs a trial
@@ -133,7 +139,10 @@ def test_two_machines_share_one_study_and_a_killed_one_loses_only_its_trial(
                 for t in study.get_trials(states=(TrialState.RUNNING,))
                 if t.user_attrs.get("worker", {}).get("pid") == doomed.pid
             ]
-            if running:
+            # mid-trial: its MLflow run is open (a trial killed before its run exists leaves none)
+            if running and client.search_runs(
+                [experiment_id()], f"tags.trial = '{running[0].number}' and attributes.status = 'RUNNING'"
+            ):
                 break
             assert doomed.poll() is None, (homes[0] / "worker.log").read_text()[-3000:]
             time.sleep(0.2)
@@ -158,9 +167,7 @@ def test_two_machines_share_one_study_and_a_killed_one_loses_only_its_trial(
     assert failed.datetime_complete.timestamp() >= killed_at + 3 - 1
     assert len({tuple(sorted(t.params.items())) for t in ran}) == len(ran), "no parameter set drawn twice"
 
-    client = mlflow.tracking.MlflowClient(mlflow_server)
-    experiment_id = client.get_experiment_by_name("persona-lab").experiment_id
-    runs = {int(r.data.tags["trial"]): r for r in client.search_runs([experiment_id], "tags.trial != ''")}
+    runs = {int(r.data.tags["trial"]): r for r in client.search_runs([experiment_id()], "tags.trial != ''")}
     for trial in ran:
         if trial.state == TrialState.COMPLETE:  # the live worker's: whole and untouched
             assert runs[trial.number].info.status == "FINISHED"

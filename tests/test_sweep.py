@@ -115,7 +115,7 @@ def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_one
         process.wait()
     killed_at = time.time()
     (first,) = client.search_runs([exp], "tags.trial = '0'")
-    time.sleep(3)  # the heartbeat's grace: only then is a silent trial known to be dead
+    time.sleep(5)  # past the heartbeat's grace (3 s): only then is a silent trial known to be dead
     run_sweep("unified_lora", overrides, spec_path=spec)
     study = _study(overrides, spec)
     states = [t.state for t in study.get_trials()]

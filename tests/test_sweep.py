@@ -207,3 +207,14 @@ def test_on_a_journal_file_only_trials_of_processes_that_are_gone_are_failed(exp
     assert states == {"gone": TrialState.FAIL, "alive": TrialState.RUNNING}
     runs = {r.data.tags["trial"]: r.info.status for r in client.search_runs([exp], "tags.study = 's'")}
     assert runs == {str(trials["gone"].number): "FAILED", str(trials["alive"].number): "RUNNING"}
+
+
+def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget(experiment):
+    overrides = [*experiment, *FAST]
+    summary = run_sweep("unified_lora", overrides, trials=3, workers=2)
+    cfg = load_config(None, overrides, "unified_lora")
+    name = study_name("unified_lora", load_spec("unified_lora"), overrides)
+    study = optuna.load_study(study_name=name, storage=open_storage(default_storage(cfg.tracking.uri, 2)))
+    ran = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    assert [t.state for t in ran].count(TrialState.COMPLETE) == 3 == summary["states"]["COMPLETE"]
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == len(ran)

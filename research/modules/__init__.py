@@ -17,6 +17,7 @@ from research.modules.merges import (
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
 from research.modules.prefix_static import PrefixStaticModule
+from research.modules.retrieval import RetrievalModule
 from research.modules.selective_routing import SelectiveRoutingModule
 from research.modules.unified_lora import UnifiedLoraModule
 
@@ -34,4 +35,5 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "svd_merge": SvdMergeModule,
     "selective_routing": SelectiveRoutingModule,
     "prefix_static": PrefixStaticModule,
+    "retrieval": RetrievalModule,
 }

@@ -1,0 +1,187 @@
+"""Retrieval: the persona's own past interactions in the system turn of the unified model.
+
+Every exchange (user turn -> assistant reply) of a persona's history is indexed with the
+embedder. For each prompt the `k` best are written into the system turn, oldest first:
+most similar to the user turn being answered (`semantic`), the latest (`recency`), or
+half of each (`hybrid`); verbatim ("Earlier: lights on => Lights at 40%. | ...") or as
+the settings they made ("Earlier settings: lights brightness 40, ...").
+
+History is the past only, and never leaks:
+- val prompts retrieve from the persona's training dialogues;
+- test prompts from training dialogues, or training and val with `history=train+val`;
+- training prompts (used when `train_with_context=true` fine-tunes the unified LoRA with
+  retrieved context, so the model learns to use it) from the persona's *other* training
+  dialogues: leave-one-out;
+- never the dialogue being answered, never a later dialogue, never a test dialogue.
+`k=0` gives the default prompts exactly, so it reproduces unified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from peft import PeftModel
+
+from research.config import DataConfig
+from research.data.schema import assign_splits, fingerprint, load_dataset
+from research.datamodules.persona import default_context
+from research.datamodules.prompts import ProfileContext, fingerprint_of, history_line
+from research.models.embedder import load_embedder
+from research.modules.base import AdaptationModule, Needs, write_manifest
+
+
+@dataclass
+class RetrievalConfig:
+    # a unified_lora run id; empty: the latest finished one on the same dataset and base model
+    unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
+    k: int = 3  # exchanges retrieved per prompt; 0: unified's prompts
+    strategy: Literal["semantic", "recency", "hybrid"] = "semantic"
+    format: Literal["verbatim", "settings"] = "verbatim"
+    history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from
+    train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
+    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+
+
+@dataclass(frozen=True)
+class Exchange:
+    dialogue_id: str
+    split: str
+    order: int  # position in the persona's time order (dialogue, then turn)
+    user: str
+    reply: str
+    settings: tuple[str, ...]  # "lights brightness 40", from the turn's recorded actions
+    row: int  # into the index's embedding matrix
+
+
+class HistoryIndex:
+    """Every user turn of a dataset embedded once (cached beside the token cache), and each
+    persona's exchanges in time order."""
+
+    def __init__(self, data: DataConfig, embedder: str) -> None:
+        personas, dialogues = load_dataset(data.dir)
+        dialogues = assign_splits(dialogues, data.val_fraction, data.test_fraction).sort(
+            "persona_id", "timestamp", "dialogue_id"
+        )
+        self.exchanges: dict[str, list[Exchange]] = {}
+        self.queries: dict[tuple[str, int], int] = {}  # (dialogue, user turn k) -> embedding row
+        texts: list[str] = []
+        for row in dialogues.iter_rows(named=True):
+            history = self.exchanges.setdefault(row["persona_id"], [])
+            turns = row["turns"]
+            for k in range(0, len(turns) - 1, 2):
+                self.queries[row["dialogue_id"], k // 2] = len(texts)
+                reply = turns[k + 1]
+                settings = tuple(f"{a['device']} {a['parameter']} {a['value']}" for a in reply["actions"])
+                history.append(
+                    Exchange(
+                        row["dialogue_id"],
+                        row["split"],
+                        len(history),
+                        turns[k]["text"],
+                        reply["text"],
+                        settings,
+                        len(texts),
+                    )
+                )
+                texts.append(turns[k]["text"])
+        key = hashlib.sha256(f"{fingerprint(data.dir)}|{embedder}|{len(texts)}".encode()).hexdigest()[:20]
+        path = Path(data.cache_dir) / f"history-{key}.npy"
+        if path.exists():
+            self.vectors = np.load(path)
+        else:
+            self.vectors = load_embedder(embedder).encode(
+                texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path.with_suffix(".partial.npy"), self.vectors)
+            path.with_suffix(".partial.npy").replace(path)
+
+    def candidates(self, persona: str, dialogue_id: str, split: str, history: str) -> list[Exchange]:
+        """What a prompt of `dialogue_id` may retrieve (the module docstring's rules)."""
+        exchanges = self.exchanges.get(persona, [])
+        if split == "train":
+            return [e for e in exchanges if e.split == "train" and e.dialogue_id != dialogue_id]
+        allowed = {"train", "val"} if split == "test" and history == "train+val" else {"train"}
+        first = next(e.order for e in exchanges if e.dialogue_id == dialogue_id)
+        return [e for e in exchanges if e.split in allowed and e.order < first]
+
+
+class RetrievalContext:
+    """The default provider's system turn plus the retrieved exchanges."""
+
+    def __init__(self, base: ProfileContext, data: DataConfig, args: RetrievalConfig) -> None:
+        self.base, self.data, self.args = base, data, args
+        self._index: HistoryIndex | None = None  # built on first use: constructors stay cheap
+
+    @property
+    def index(self) -> HistoryIndex:
+        if self._index is None:
+            self._index = HistoryIndex(self.data, self.args.embedder)
+        return self._index
+
+    def retrieve(self, dialogue: dict, turn: int | None) -> list[Exchange]:
+        """The k exchanges for the prompt of `dialogue`'s assistant turn `turn` (None: the
+        whole dialogue as trained on, queried by its first user turn), oldest first."""
+        candidates = self.index.candidates(
+            dialogue["persona_id"], dialogue["dialogue_id"], dialogue["split"], self.args.history
+        )
+        k, strategy = min(self.args.k, len(candidates)), self.args.strategy
+        latest = sorted(candidates, key=lambda e: -e.order)
+        if strategy == "recency":
+            picked = latest[:k]
+        else:
+            query = self.index.vectors[self.index.queries[dialogue["dialogue_id"], turn or 0]]
+            similarity = self.index.vectors[[e.row for e in candidates]] @ query
+            # most similar first; the later exchange first among equals
+            ranked = [
+                candidates[i]
+                for i in sorted(range(len(candidates)), key=lambda i: (-similarity[i], -candidates[i].order))
+            ]
+            picked = ranked[: k if strategy == "semantic" else math.ceil(k / 2)]
+            picked += [e for e in latest if e not in picked][: k - len(picked)]
+        return sorted(picked, key=lambda e: e.order)
+
+    def system(self, dialogue: dict, user: dict, turn: int | None = None) -> str:
+        system = self.base.system(dialogue, user, turn)
+        exchanges = self.retrieve(dialogue, turn) if self.args.k else []
+        if not exchanges:
+            return system
+        if self.args.format == "verbatim":
+            return f"{system} {history_line([(e.user, e.reply) for e in exchanges])}"
+        settings = list(dict.fromkeys(s for e in exchanges for s in e.settings))  # each once, in order
+        return f"{system} Earlier settings: {', '.join(settings)}." if settings else system
+
+    def fingerprint(self) -> str:
+        if not self.args.k:  # the default prompts, token for token: share their cache
+            return self.base.fingerprint()
+        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        return fingerprint_of(type(self).__name__, self.base.fingerprint(), settings)
+
+    def spec(self) -> dict:
+        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        return {**self.base.spec(), "provider": "retrieval", "retrieval": settings}
+
+
+class RetrievalModule(AdaptationModule):
+    config_class = RetrievalConfig
+    adapter_kind = "lora+context"
+
+    @classmethod
+    def needs(cls, args: RetrievalConfig) -> Needs:
+        return Needs(context=lambda data: RetrievalContext(default_context(data), data, args))
+
+    def __init__(self, model, tokenizer, train, args: RetrievalConfig, provided) -> None:
+        adapter = provided.source("unified_run").artifacts / "adapter"
+        unified = PeftModel.from_pretrained(model, adapter, is_trainable=args.train_with_context)
+        super().__init__(unified, tokenizer, train, args)
+        self.trainable = args.train_with_context  # else unified's weights, evaluated as they are
+        self.context = provided.context
+
+    def save_adapter(self, directory) -> None:
+        self.model.save_pretrained(directory)
+        write_manifest(directory, self.adapter_kind, context=self.context.spec())

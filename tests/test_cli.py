@@ -55,6 +55,13 @@ def test_compare_and_cluster_commands_call_the_recipes(source_runs, data_root, b
     out = _research("compare", runs["per_persona_lora"], "--overrides", *tracking)
     assert out.returncode == 0, out.stderr
     assert "per_persona_lora" in out.stdout and "improved" in out.stdout  # against the latest unified run
+    # the 8 characters the tables print name a run too; an unknown id is a clear error
+    out = _research(
+        "compare", runs["per_persona_lora"][:8], "--against", runs["unified_lora"][:8], "--overrides", *tracking
+    )
+    assert out.returncode == 0 and "per_persona_lora" in out.stdout, out.stderr
+    out = _research("compare", "0000ffff", "--overrides", *tracking)
+    assert out.returncode == 2 and "run id '0000ffff': no run in experiment" in out.stderr
     plot = tmp_path / "clusters.png"
     out = _research(
         "cluster",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
+from mlflow.exceptions import MlflowException
 
 from research.config import ClusteringConfig, DataConfig, TrackingConfig, build, parse_overrides
 from research.datamodules.persona import PersonaDataModule
@@ -48,6 +49,27 @@ def true_preferences_anchor(run, metric: str, split: str) -> float | None:
     return anchors["true_preferences"].get(metric)
 
 
+def find_run(run_id: str, experiment: str):
+    """The run with this id, or the one run of `experiment` whose id starts with it (tables
+    print 8 characters); an unknown or ambiguous id is an error that says so."""
+    client = mlflow.tracking.MlflowClient()
+    if len(run_id) == 32:
+        try:
+            return client.get_run(run_id)
+        except MlflowException as err:
+            raise StatisticsError(f"run {run_id} does not exist") from err
+    matches, token = [], None
+    while True:
+        page = client.search_runs([experiment], page_token=token, max_results=1000)
+        matches += [run for run in page if run.info.run_id.startswith(run_id)]
+        if not (token := page.token):
+            break
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise StatisticsError(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")
+    return matches[0]
+
+
 def compare_runs(
     tracking: TrackingConfig, run_ids: list[str], against: str | None, metric: str, split: str
 ) -> list[tuple[str, dict]]:
@@ -56,9 +78,11 @@ def compare_runs(
     are Holm-adjusted (`p_holm`); each row carries the study's bar verdict (`missed`: the
     parts of the bar it misses) and the share of the oracle headroom it captures."""
     experiment = experiment_id(tracking)
-    runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    baseline = mlflow.get_run(
-        against or find_source("unified_lora", "", runs[0].data.tags, experiment, "against").info.run_id
+    runs = [find_run(run_id, experiment) for run_id in run_ids]
+    baseline = (
+        find_run(against, experiment)
+        if against
+        else find_source("unified_lora", "", runs[0].data.tags, experiment, "against")
     )
     reference = per_persona_table(baseline.info.run_id)
     rows = []

@@ -199,7 +199,10 @@ def cmd_chat(args) -> None:
         cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
     )
     request = {"persona_id": args.persona, **current_context(), "turns": [{"role": "user", "text": args.text}]}
-    print(model.answer([request])[0])
+    reply = model.answer([request])[0]
+    print(reply)
+    if args.remember and not model.remember(args.persona, args.text, reply):
+        print(f"note: {args.persona}'s adapter keeps no history; nothing remembered", file=sys.stderr)
 
 
 def cmd_predict(args) -> None:
@@ -426,6 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     chat = sub.add_parser("chat", parents=[serving], help="answer one message through the routing table")
     chat.add_argument("--persona", required=True)
     chat.add_argument("text")
+    chat.add_argument(
+        "--remember",
+        action="store_true",
+        help="append this exchange to the persona's history (retrieval adapters), for later answers to retrieve",
+    )
     serving_overrides(chat)
     chat.set_defaults(func=cmd_chat)
 

@@ -79,3 +79,33 @@ def test_k0_reproduces_unified_exactly(source_runs):
     }
     mine, unified = predictions.values()
     assert mine["prediction"].to_list() == unified["prediction"].to_list() and mine.height == unified.height
+
+
+def test_a_served_retrieval_adapter_answers_and_retrieves_what_was_appended(source_runs, tmp_path):
+    from research.models.base import base_fingerprint
+    from research.recipes.serve import RoutedModel, known_users
+    from research.tracking.registry import promote, register
+
+    experiment, runs = source_runs
+    cfg = load_config(
+        None, [*experiment, f"method_args.unified_run={runs['unified_lora']}", "method_args.k=2"], "retrieval"
+    )
+    run_id = train_and_evaluate(cfg).run_id
+    version = register(cfg.tracking.uri, run_id).version
+    promote(cfg.tracking.uri, tmp_path, "retrieval", version, "all", base_fingerprint(cfg.base_model))
+    serve = lambda: RoutedModel(cfg.base_model, cfg.tracking.uri, tmp_path, 8, known_users(cfg.data.dir))  # noqa: E731
+    model = serve()
+    context = {"time_of_day": "evening", "weather": "rainy", "temperature_c": 8.0, "day_of_week": "Friday"}
+    ask = lambda text: {"persona_id": "persona_001", **context, "turns": [{"role": "user", "text": text}]}  # noqa: E731
+    (group,) = set(model.group_of.values()) | {model.fallback}
+    user = model.users["persona_001"]
+    assert "Earlier: " in model.contexts[group].system(ask("turn on the lights"), user)  # its saved history
+    assert all(isinstance(reply, str) for reply in model.answer([ask("turn on the lights")]))
+
+    assert model.remember("persona_001", "Play the zither sonata.", "Zither sonata on the speaker at volume 35.")
+    assert "Zither sonata on the speaker" in model.contexts[group].system(ask("Play the zither sonata."), user)
+    again = serve()  # a restarted server keeps what was appended
+    assert "Zither sonata on the speaker" in again.contexts[group].system(ask("Play the zither sonata."), user)
+    assert "Zither" not in again.contexts[group].system(
+        ask("Play the zither sonata.") | {"persona_id": "persona_002"}, user
+    )

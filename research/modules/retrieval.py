@@ -19,6 +19,7 @@ History is the past only, and never leaks:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,6 +112,32 @@ class HistoryIndex:
         return [e for e in exchanges if e.split in allowed and e.order < first]
 
 
+def select(candidates: list[Exchange], vectors: np.ndarray, query: np.ndarray, k: int, strategy: str) -> list[Exchange]:
+    """The k exchanges to show, oldest first: most similar to the query (rows of the
+    normalised `vectors`), the latest, or half of each."""
+    k = min(k, len(candidates))
+    latest = sorted(candidates, key=lambda e: -e.order)
+    if strategy == "recency":
+        picked = latest[:k]
+    else:
+        similarity = vectors[[e.row for e in candidates]] @ query
+        # most similar first; the later exchange first among equals
+        order = sorted(range(len(candidates)), key=lambda i: (-similarity[i], -candidates[i].order))
+        picked = [candidates[i] for i in order][: k if strategy == "semantic" else math.ceil(k / 2)]
+        picked += [e for e in latest if e not in picked][: k - len(picked)]
+    return sorted(picked, key=lambda e: e.order)
+
+
+def render(system: str, exchanges: list[Exchange], form: str) -> str:
+    """`system` with the exchanges: verbatim, or the settings they made (each once)."""
+    if not exchanges:
+        return system
+    if form == "verbatim":
+        return f"{system} {history_line([(e.user, e.reply) for e in exchanges])}"
+    settings = list(dict.fromkeys(s for e in exchanges for s in e.settings))
+    return f"{system} Earlier settings: {', '.join(settings)}." if settings else system
+
+
 class RetrievalContext:
     """The default provider's system turn plus the retrieved exchanges."""
 
@@ -130,31 +157,12 @@ class RetrievalContext:
         candidates = self.index.candidates(
             dialogue["persona_id"], dialogue["dialogue_id"], dialogue["split"], self.args.history
         )
-        k, strategy = min(self.args.k, len(candidates)), self.args.strategy
-        latest = sorted(candidates, key=lambda e: -e.order)
-        if strategy == "recency":
-            picked = latest[:k]
-        else:
-            query = self.index.vectors[self.index.queries[dialogue["dialogue_id"], turn or 0]]
-            similarity = self.index.vectors[[e.row for e in candidates]] @ query
-            # most similar first; the later exchange first among equals
-            ranked = [
-                candidates[i]
-                for i in sorted(range(len(candidates)), key=lambda i: (-similarity[i], -candidates[i].order))
-            ]
-            picked = ranked[: k if strategy == "semantic" else math.ceil(k / 2)]
-            picked += [e for e in latest if e not in picked][: k - len(picked)]
-        return sorted(picked, key=lambda e: e.order)
+        query = self.index.vectors[self.index.queries[dialogue["dialogue_id"], turn or 0]]
+        return select(candidates, self.index.vectors, query, self.args.k, self.args.strategy)
 
     def system(self, dialogue: dict, user: dict, turn: int | None = None) -> str:
         system = self.base.system(dialogue, user, turn)
-        exchanges = self.retrieve(dialogue, turn) if self.args.k else []
-        if not exchanges:
-            return system
-        if self.args.format == "verbatim":
-            return f"{system} {history_line([(e.user, e.reply) for e in exchanges])}"
-        settings = list(dict.fromkeys(s for e in exchanges for s in e.settings))  # each once, in order
-        return f"{system} Earlier settings: {', '.join(settings)}." if settings else system
+        return render(system, self.retrieve(dialogue, turn) if self.args.k else [], self.args.format)
 
     def fingerprint(self) -> str:
         if not self.args.k:  # the default prompts, token for token: share their cache
@@ -185,3 +193,66 @@ class RetrievalModule(AdaptationModule):
     def save_adapter(self, directory) -> None:
         self.model.save_pretrained(directory)
         write_manifest(directory, self.adapter_kind, context=self.context.spec())
+        # what a served test-time prompt may retrieve from: each persona's history as evaluated
+        allowed = {"train", "val"} if self.args.history == "train+val" else {"train"}
+        with open(Path(directory) / HISTORY_FILE, "w") as file:
+            for persona, exchanges in sorted(self.context.index.exchanges.items()):
+                for e in exchanges:
+                    if e.split in allowed:
+                        file.write(
+                            json.dumps(
+                                {"persona_id": persona, "user": e.user, "reply": e.reply, "settings": e.settings}
+                            )
+                            + "\n"
+                        )
+
+
+HISTORY_FILE = "history.jsonl"
+
+
+class ServedRetrieval:
+    """A retrieval adapter's prompts when serving: each persona's history saved with the
+    adapter (history.jsonl), plus what was appended since (`memory`, a JSONL file the
+    routing directory keeps, so the adapter's registered artifacts stay as they were).
+    A request's query is its last user turn; all of the history is its past."""
+
+    def __init__(self, spec: dict, adapter: Path, memory: Path) -> None:
+        settings = spec["retrieval"]
+        self.base = ProfileContext(**{k: v for k, v in spec.items() if k not in ("provider", "retrieval")})
+        self.k, self.strategy, self.format = settings["k"], settings["strategy"], settings["format"]
+        self.embedder, self.memory = load_embedder(settings["embedder"]), memory
+        self.exchanges: dict[str, list[Exchange]] = {}
+        self.vectors = np.zeros((0, self.embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+        rows = [json.loads(line) for line in (adapter / HISTORY_FILE).read_text().splitlines()]
+        if memory.exists():
+            rows += [json.loads(line) for line in memory.read_text().splitlines()]
+        self._add(rows)
+
+    def _add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        first = len(self.vectors)
+        texts = [row["user"] for row in rows]
+        vectors = self.embedder.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+        self.vectors = np.concatenate([self.vectors, vectors])
+        for i, row in enumerate(rows):
+            history = self.exchanges.setdefault(row["persona_id"], [])
+            history.append(
+                Exchange("", "past", len(history), row["user"], row["reply"], tuple(row["settings"]), first + i)
+            )
+
+    def remember(self, persona: str, user: str, reply: str, settings: tuple[str, ...] = ()) -> None:
+        """Append an interaction to the persona's history: the next answer can retrieve it."""
+        row = {"persona_id": persona, "user": user, "reply": reply, "settings": list(settings)}
+        self.memory.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.memory, "a") as file:
+            file.write(json.dumps(row) + "\n")
+        self._add([row])
+
+    def system(self, request: dict, user: dict, turn: int | None = None) -> str:
+        system = self.base.system(request, user, turn)
+        candidates = self.exchanges.get(request["persona_id"], [])
+        if not (self.k and candidates):
+            return system
+        query = self.embedder.encode([request["turns"][-1]["text"]], normalize_embeddings=True, convert_to_numpy=True)
+        return render(system, select(candidates, self.vectors, query[0], self.k, self.strategy), self.format)

@@ -18,9 +18,11 @@ from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
 from research.data.schema import load_dataset
 from research.datamodules.persona import chat_ids, prompt_batches
 from research.datamodules.prompts import ProfileContext, context_from_spec, conversation
+from research.evaluation.metrics import extract
 from research.models.base import load_base
 from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
+from research.modules.retrieval import ServedRetrieval
 from research.tracking.registry import RoutingError, adapter_dir, load_table
 
 REQUEST_FIELDS = ("persona_id", "time_of_day", "weather", "temperature_c", "day_of_week", "turns")
@@ -68,8 +70,18 @@ class RoutedModel:
         manifests = [read_manifest(adapter_dir(tracking_uri, m, v)) for m, v, _ in keys]
         if unknown := [m["kind"] for m in manifests if m["kind"] not in ADAPTER_KINDS]:
             raise RoutingError(f"cannot serve adapter kind {unknown[0]!r} (serving knows {', '.join(ADAPTER_KINDS)})")
-        # each adapter's prompts: its manifest's context provider, or the default one
-        self.contexts = [context_from_spec(m["context"]) if "context" in m else ProfileContext() for m in manifests]
+        # each adapter's prompts: its manifest's context provider, or the default one; a
+        # retrieval adapter's history grows in the routing directory (`remember`)
+        self.contexts = [
+            ServedRetrieval(
+                m["context"], adapter_dir(tracking_uri, model, version), memory_path(routing_dir, model, version)
+            )
+            if m.get("context", {}).get("provider") == "retrieval"
+            else context_from_spec(m["context"])
+            if "context" in m
+            else ProfileContext()
+            for (model, version, _), m in zip(keys, manifests, strict=True)
+        ]
         self.contexts.append(ProfileContext())  # no adapter
         self.users = users or {}
         adapters = [read_adapter(adapter_dir(tracking_uri, m, v) / a)[1] for m, v, a in keys]
@@ -89,6 +101,16 @@ class RoutedModel:
         self.fallback = group[(fallback["model"], fallback["version"], "")] if fallback else len(keys)
         self.has_fallback = bool(fallback)
         self.revision = table["revision"]
+
+    def remember(self, persona_id: str, user_text: str, reply: str) -> bool:
+        """Append an interaction to the persona's history, where its adapter retrieves one
+        (True), so the next answer can draw on it; other adapters keep no history (False)."""
+        context = self.contexts[self.group_of.get(persona_id, self.fallback)]
+        if not isinstance(context, ServedRetrieval):
+            return False
+        settings = tuple(" ".join(triple) for triple in sorted(extract(reply).triples))
+        context.remember(persona_id, user_text, reply, settings)
+        return True
 
     def answer(self, requests: list[dict], batch_size: int = 64) -> list[str]:
         """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
@@ -113,6 +135,11 @@ class RoutedModel:
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 replies[i] = text.strip()
         return replies
+
+
+def memory_path(routing_dir: str | Path, model: str, version: str) -> Path:
+    """Where a retrieval adapter's served history grows (interactions appended since)."""
+    return Path(routing_dir) / "memory" / f"{model}-v{version}.jsonl"
 
 
 def known_users(data_dir: str | Path) -> dict[str, dict]:

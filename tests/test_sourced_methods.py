@@ -136,3 +136,16 @@ def test_hybrid_export_holds_unified_and_persona_and_reloads_on_the_plain_base(s
         engine = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         peft = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(engine, peft, rtol=1e-4, atol=1e-4)
+
+
+def test_runs_are_read_past_the_first_page(tmp_path):
+    """A source or a report row behind a large sweep is still found: every page is read."""
+    from research.tracking.runs import iter_runs
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    made = [client.create_run(experiment, tags={"i": str(i)}).info.run_id for i in range(5)]
+    found = [run.info.run_id for run in iter_runs(client, experiment, "", ("attributes.start_time ASC",), page=2)]
+    assert sorted(found) == sorted(made) and len(found) == 5
+    only = list(iter_runs(client, experiment, "tags.i = '3'", page=2))
+    assert [run.data.tags["i"] for run in only] == ["3"]

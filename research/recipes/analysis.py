@@ -16,7 +16,7 @@ from research.evaluation.clustering import Clustering, cluster_personas, plot
 from research.evaluation.metrics import METRICS_VERSION
 from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
-from research.tracking.runs import experiment_id
+from research.tracking.runs import experiment_id, iter_runs
 from research.tracking.sources import find_source, lineage_difference
 
 
@@ -58,12 +58,7 @@ def find_run(run_id: str, experiment: str):
             return client.get_run(run_id)
         except MlflowException as err:
             raise StatisticsError(f"run {run_id} does not exist") from err
-    matches, token = [], None
-    while True:
-        page = client.search_runs([experiment], page_token=token, max_results=1000)
-        matches += [run for run in page if run.info.run_id.startswith(run_id)]
-        if not (token := page.token):
-            break
+    matches = [run for run in iter_runs(client, experiment) if run.info.run_id.startswith(run_id)]
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
         raise StatisticsError(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")

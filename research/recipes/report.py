@@ -26,7 +26,7 @@ from research.evaluation.metrics import METRICS_VERSION
 from research.evaluation.statistics import compare, headroom_captured, holm, verdict
 from research.recipes.analysis import check_comparable, per_persona_table
 from research.recipes.tables import SHORT
-from research.tracking.runs import experiment_id
+from research.tracking.runs import experiment_id, iter_runs
 from research.tracking.sources import LINEAGE
 
 # the study's columns: every metric but the param P/R halves of F1
@@ -41,8 +41,7 @@ class Row:
 
 
 def _latest(client, experiment: str, filter_string: str, keep=lambda run: True):
-    runs = client.search_runs([experiment], filter_string, order_by=["attributes.start_time DESC"], max_results=500)
-    return [run for run in runs if keep(run)]
+    return [run for run in iter_runs(client, experiment, filter_string, ("attributes.start_time DESC",)) if keep(run)]
 
 
 def _own_run(run) -> bool:

@@ -94,6 +94,19 @@ def compare_url(host: str, experiment: str, run_ids: list[str]) -> str:
     return f"{host.rstrip('/')}/#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps([experiment])}"
 
 
+def iter_runs(client, experiment: str, filter_string: str = "", order_by: tuple[str, ...] = (), page: int = 1000):
+    """Every run that matches, `page` at a time (MLflow returns at most a page per call, so
+    a large sweep can push the run wanted past the first one)."""
+    token = None
+    while True:
+        found = client.search_runs(
+            [experiment], filter_string, order_by=list(order_by), max_results=page, page_token=token
+        )
+        yield from found
+        if not (token := found.token):
+            return
+
+
 def log_dataset(dialogues: pl.DataFrame, directory: str | Path, digest: str) -> None:
     """The dataset as the active run's MLflow dataset input (name, digest, schema, source), so
     the runs table's Dataset column shows what each run was trained and evaluated on."""

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from research.config import ConfigError
 from research.modules.base import Source, source_fields
+from research.tracking.runs import iter_runs
 
 
 class SourceError(ConfigError):
@@ -53,20 +54,19 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
                 "recorded their lineage): name the source run explicitly or retrain"
             )
         same_lineage = " and ".join(f"tags.{key} = '{tags[key]}'" for key in LINEAGE)
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.method = '{method}' and attributes.status = 'FINISHED' and {same_lineage}",
-            order_by=["attributes.start_time DESC"],
-            max_results=200,
+        newest_first = iter_runs(
+            client,
+            experiment_id,
+            f"tags.method = '{method}' and attributes.status = 'FINISHED' and {same_lineage}",
+            ("attributes.start_time DESC",),
         )
-        runs = [run for run in runs if _implicit(run)]
-        if not runs:
+        if (run := next((run for run in newest_first if _implicit(run)), None)) is None:
             raise SourceError(
                 f"method_args.{field_name}: no finished {method} run (other than sweep trials and seeds parents) on dataset "
                 f"{tags['dataset']}, splits {tags['splits']}, prompt {tags['prompt']}, base model {tags['base_model']}; "
                 f"train one first (research train --method {method}) or name one with method_args.{field_name}=RUN_ID"
             )
-        return runs[0]
+        return run
     try:
         run = client.get_run(run_id)
     except MlflowException as err:

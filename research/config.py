@@ -85,7 +85,23 @@ class ExperimentConfig:
     method_args: Any = None  # the method's own config dataclass, filled by load_config
 
 
+class OverrideText(str):
+    """A key=value override's value as typed: read as YAML for every field except a string
+    field, which keeps the text (a run id "01234567" must not become the number 1234567)."""
+
+
+def _is_text(kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in args)
+    if origin in (types.UnionType, typing.Union):
+        return any(_is_text(a) for a in args if a is not type(None))
+    return kind is str
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if isinstance(value, OverrideText):
+        value = str(value) if _is_text(kind) else (yaml.safe_load(value) if value.strip() else "")
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
@@ -96,11 +112,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise ConfigError(f"{key}: {value!r} is not allowed (allowed: {', '.join(map(str, args))})")
         return value
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return origin(value)
+        item = args[0] if args else str
+        if isinstance(value, str):  # "a,b" on the command line
+            value = [OverrideText(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {getattr(item, '__name__', item)}, got {value!r}")
+        return origin(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):  # X | None
         if value is None:
             return None
@@ -151,13 +168,14 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """`a.b=1` strings -> nested dict; values are parsed as YAML (1 -> int, true -> bool)."""
+    """`a.b=1` strings -> nested dict of OverrideText, read as YAML (1 -> int, true -> bool)
+    when built into a field that is not a string."""
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set(tree, key.strip(), OverrideText(raw))
     return tree
 
 

@@ -45,3 +45,17 @@ def test_exponent_without_a_dot_is_a_number():
     from research.recipes.experiment import load_config
 
     assert load_config(None, ["train.lr=5e-05"], "unified_lora").train.lr == 5e-05  # as Optuna prints it
+
+
+def test_override_values_are_typed_by_their_field():
+    from research.config import build, parse_overrides
+    from research.data.generate import SimulatorConfig
+    from research.recipes.experiment import load_config
+
+    # a string field keeps the text: a run id of digits is not a number
+    assert load_config(None, ["method_args.unified_run=01234567"], "hybrid_lora").method_args.unified_run == "01234567"
+    weights = build(SimulatorConfig, parse_overrides(["neutral_intent_weights=[0, 0, 0, 1, 0, 0, 0, 0, 0.5]"]))
+    assert weights.neutral_intent_weights == (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.5)
+    assert build(SimulatorConfig, parse_overrides(["neutral_intent_weights=1,2"])).neutral_intent_weights == (1.0, 2.0)
+    cfg = load_config(None, ["train.lr=1e-3", "data.user_name=false", "eval.splits=val,test"], "unified_lora")
+    assert (cfg.train.lr, cfg.data.user_name, cfg.eval.splits) == (1e-3, False, ("val", "test"))

@@ -69,10 +69,13 @@ def test_strategies_and_formats(experiment):
 
 def test_k0_reproduces_unified_exactly(source_runs):
     experiment, runs = source_runs
+    # named by the 8 characters the tables print; the run records the full id
     cfg = load_config(
-        None, [*experiment, f"method_args.unified_run={runs['unified_lora']}", "method_args.k=0"], "retrieval"
+        None, [*experiment, f"method_args.unified_run={runs['unified_lora'][:8]}", "method_args.k=0"], "retrieval"
     )
     result = train_and_evaluate(cfg)
+    tags = mlflow.tracking.MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.tags
+    assert tags["source.unified_run"] == runs["unified_lora"]
     predictions = {
         run_id: pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
         for run_id in (result.run_id, runs["unified_lora"])

@@ -43,8 +43,10 @@ def test_source_of_another_method_or_unfinished_is_refused(source_runs):
         train_and_evaluate(
             load_config(None, [*experiment, f"method_args.unified_run={runs['per_persona_lora']}"], "hybrid_lora")
         )
-    with pytest.raises(SourceError, match="does not exist"):
+    with pytest.raises(SourceError, match="source_run: run id '0123abcd': no run in experiment"):
         train_and_evaluate(load_config(None, [*experiment, "method_args.source_run=0123abcd"], "moe_merge"))
+    with pytest.raises(SourceError, match="does not exist"):
+        train_and_evaluate(load_config(None, [*experiment, f"method_args.source_run={'0' * 32}"], "moe_merge"))
     cfg = load_config(None, experiment, "unified_lora")
     failed = mlflow.tracking.MlflowClient(cfg.tracking.uri).create_run(
         mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id, tags={"method": "unified_lora"}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
-from mlflow.exceptions import MlflowException
 
 from research.config import ClusteringConfig, DataConfig, TrackingConfig, build, parse_overrides
 from research.datamodules.persona import PersonaDataModule
@@ -16,7 +15,7 @@ from research.evaluation.clustering import Clustering, cluster_personas, plot
 from research.evaluation.metrics import METRICS_VERSION
 from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
-from research.tracking.runs import experiment_id, iter_runs
+from research.tracking.runs import experiment_id, find_run
 from research.tracking.sources import find_source, lineage_difference
 
 
@@ -49,22 +48,6 @@ def true_preferences_anchor(run, metric: str, split: str) -> float | None:
     return anchors["true_preferences"].get(metric)
 
 
-def find_run(run_id: str, experiment: str):
-    """The run with this id, or the one run of `experiment` whose id starts with it (tables
-    print 8 characters); an unknown or ambiguous id is an error that says so."""
-    client = mlflow.tracking.MlflowClient()
-    if len(run_id) == 32:
-        try:
-            return client.get_run(run_id)
-        except MlflowException as err:
-            raise StatisticsError(f"run {run_id} does not exist") from err
-    matches = [run for run in iter_runs(client, experiment) if run.info.run_id.startswith(run_id)]
-    if len(matches) != 1:
-        found = "no run" if not matches else f"{len(matches)} runs"
-        raise StatisticsError(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")
-    return matches[0]
-
-
 def compare_runs(
     tracking: TrackingConfig, run_ids: list[str], against: str | None, metric: str, split: str
 ) -> list[tuple[str, dict]]:
@@ -73,9 +56,10 @@ def compare_runs(
     are Holm-adjusted (`p_holm`); each row carries the study's bar verdict (`missed`: the
     parts of the bar it misses) and the share of the oracle headroom it captures."""
     experiment = experiment_id(tracking)
-    runs = [find_run(run_id, experiment) for run_id in run_ids]
+    client = mlflow.tracking.MlflowClient()
+    runs = [find_run(client, experiment, run_id) for run_id in run_ids]
     baseline = (
-        find_run(against, experiment)
+        find_run(client, experiment, against)
         if against
         else find_source("unified_lora", "", runs[0].data.tags, experiment, "against")
     )

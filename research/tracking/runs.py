@@ -16,7 +16,7 @@ import polars as pl
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.exceptions import MlflowException
 
-from research.config import TrackingConfig
+from research.config import ConfigError, TrackingConfig
 from research.evaluation.metrics import METRICS
 
 # The MLflow UI's runs table shows no metric column until one is chosen, and keeps that choice
@@ -105,6 +105,25 @@ def iter_runs(client, experiment: str, filter_string: str = "", order_by: tuple[
         yield from found
         if not (token := found.token):
             return
+
+
+class RunNotFound(ConfigError):
+    """A run id that names no run, or more than one."""
+
+
+def find_run(client, experiment: str, run_id: str):
+    """The run with this id, or the one run of `experiment` whose id starts with it (tables
+    print 8 characters); an unknown or ambiguous id is an error that says so."""
+    if len(run_id) == 32:
+        try:
+            return client.get_run(run_id)
+        except MlflowException as err:
+            raise RunNotFound(f"run {run_id} does not exist ({client.tracking_uri})") from err
+    matches = [run for run in iter_runs(client, experiment) if run.info.run_id.startswith(run_id)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise RunNotFound(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")
+    return matches[0]
 
 
 def log_dataset(dialogues: pl.DataFrame, directory: str | Path, digest: str) -> None:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import mlflow
 from mlflow.artifacts import download_artifacts
-from mlflow.exceptions import MlflowException
 
 from research.config import ConfigError
 from research.modules.base import Source, source_fields
-from research.tracking.runs import iter_runs
+from research.tracking.runs import RunNotFound, find_run, iter_runs
 
 
 class SourceError(ConfigError):
@@ -68,11 +67,9 @@ def find_source(method: str | None, run_id: str, tags: dict[str, str], experimen
             )
         return run
     try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise SourceError(
-            f"method_args.{field_name}: run {run_id} does not exist ({mlflow.get_tracking_uri()})"
-        ) from err
+        run = find_run(client, experiment_id, run_id)
+    except RunNotFound as err:
+        raise SourceError(f"method_args.{field_name}: {err}") from err
     checks = [
         ("method", run.data.tags.get("method"), method or run.data.tags.get("method")),
         ("status", run.info.status, "FINISHED"),

@@ -100,9 +100,12 @@ def _is_text(kind: Any) -> bool:
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
-    if isinstance(value, OverrideText):
-        value = str(value) if _is_text(kind) else (yaml.safe_load(value) if value.strip() else "")
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if isinstance(value, OverrideText) and origin in (tuple, list) and _is_text(args[0] if args else str):
+        # "a,b" or "[a, b]": split as text, never read as YAML (a digit run id stays text)
+        value = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
+    elif isinstance(value, OverrideText):
+        value = str(value) if _is_text(kind) else (yaml.safe_load(value) if value.strip() else "")
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(kind))}")

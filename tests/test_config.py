@@ -54,6 +54,11 @@ def test_override_values_are_typed_by_their_field():
 
     # a string field keeps the text: a run id of digits is not a number
     assert load_config(None, ["method_args.unified_run=01234567"], "hybrid_lora").method_args.unified_run == "01234567"
+    for given in ("01234567", "[01234567]", "01234567,12345678"):  # a list of run ids, one or more
+        runs = load_config(
+            None, [f"method_args.candidate_runs={given}"], "selective_routing"
+        ).method_args.candidate_runs
+        assert runs[0] == "01234567" and len(runs) == given.count(",") + 1
     weights = build(SimulatorConfig, parse_overrides(["neutral_intent_weights=[0, 0, 0, 1, 0, 0, 0, 0, 0.5]"]))
     assert weights.neutral_intent_weights == (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.5)
     assert build(SimulatorConfig, parse_overrides(["neutral_intent_weights=1,2"])).neutral_intent_weights == (1.0, 2.0)

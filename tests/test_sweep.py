@@ -115,7 +115,8 @@ def test_killed_sweep_resumes_with_the_interrupted_trial_failed_and_finished_one
         process.wait()
     killed_at = time.time()
     (first,) = client.search_runs([exp], "tags.trial = '0'")
-    time.sleep(5)  # past the heartbeat's grace (3 s): only then is a silent trial known to be dead
+    # resumed at once: the killed trial still holds the last place until its heartbeat is
+    # overdue (grace 3 s); the new trial waits for that, then runs in the freed place
     run_sweep("unified_lora", overrides, spec_path=spec)
     study = _study(overrides, spec)
     states = [t.state for t in study.get_trials()]
@@ -169,7 +170,7 @@ def test_a_sourced_sweep_resolves_its_source_once_and_records_it_on_the_parent(s
     client.delete_run(newer.run_id)  # the store is shared by the session's tests
 
 
-def test_a_machine_with_other_data_or_base_refuses_to_join(data_root, base_dir, experiment, tmp_path):
+def test_a_machine_with_another_base_model_refuses_to_join(data_root, base_dir, experiment, tmp_path):
     """The study records its lineage when it is created; a worker whose local base model
     differs (here: the same architecture retrained with another seed) does not join."""
     from conftest import TINY_BASE

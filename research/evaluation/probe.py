@@ -52,5 +52,6 @@ def copy_probe(
         replies = _replies(tokenizer, model, prompts, batch_size, max_new_tokens)
         f1 = [s["param_f1"] for s in map(structured_scores, references, replies) if s["param_f1"] is not None]
         recall = {f"param_recall/{k}": v for k, v in parameter_recall(references, replies).items()}
-        results["told" if told else "not_told"] = {"param_f1": sum(f1) / len(f1), "turns": len(rows), **recall}
+        mean = sum(f1) / len(f1) if f1 else float("nan")  # nan: no request set anything
+        results["told" if told else "not_told"] = {"param_f1": mean, "turns": len(rows), **recall}
     return results

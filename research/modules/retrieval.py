@@ -6,13 +6,14 @@ most similar to the user turn being answered (`semantic`), the latest (`recency`
 half of each (`hybrid`); verbatim ("Earlier: lights on => Lights at 40%. | ...") or as
 the settings they made ("Earlier settings: lights brightness 40, ...").
 
-History is the past only, and never leaks:
-- val prompts retrieve from the persona's training dialogues;
-- test prompts from training dialogues, or training and val with `history=train+val`;
+What a prompt may retrieve, so nothing leaks:
+- val prompts: the persona's earlier training dialogues;
+- test prompts: earlier training dialogues, or training and val with `history=train+val`;
 - training prompts (used when `train_with_context=true` fine-tunes the unified LoRA with
-  retrieved context, so the model learns to use it) from the persona's *other* training
-  dialogues: leave-one-out;
-- never the dialogue being answered, never a later dialogue, never a test dialogue.
+  retrieved context, so the model learns to use it): the persona's *other* training
+  dialogues, leave-one-out, later ones included (all are training data);
+- never the dialogue being answered, never a test dialogue, and for val and test prompts
+  never a later dialogue.
 `k=0` gives the default prompts exactly, so it reproduces unified.
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -99,8 +102,10 @@ class HistoryIndex:
                 texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path.with_suffix(".partial.npy"), self.vectors)
-            path.with_suffix(".partial.npy").replace(path)
+            # a name of its own: two workers embedding on a fresh cache must not write one file
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial.npy", delete=False) as partial:
+                np.save(partial, self.vectors)
+            os.replace(partial.name, path)
 
     def candidates(self, persona: str, dialogue_id: str, split: str, history: str) -> list[Exchange]:
         """What a prompt of `dialogue_id` may retrieve (the module docstring's rules)."""
@@ -223,6 +228,11 @@ class ServedRetrieval:
         self.embedder, self.memory = load_embedder(settings["embedder"]), memory
         self.exchanges: dict[str, list[Exchange]] = {}
         self.vectors = np.zeros((0, self.embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+        if not (adapter / HISTORY_FILE).exists():
+            raise FileNotFoundError(
+                f"{adapter} has no {HISTORY_FILE}: a retrieval adapter saved before serving kept its history; "
+                "retrain the retrieval run and register it again"
+            )
         rows = [json.loads(line) for line in (adapter / HISTORY_FILE).read_text().splitlines()]
         if memory.exists():
             rows += [json.loads(line) for line in memory.read_text().splitlines()]

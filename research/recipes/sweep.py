@@ -18,11 +18,13 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
   records its worker's process (pid and start time), and a RUNNING trial is failed when
   that process no longer exists.
 - Budget: the study stops at its trial count (COMPLETE + PRUNED) however many workers or
-  machines join. Each worker runs until the count is reached; a trial that would exceed
-  it (two workers asked at the same moment) is not run: it is marked FAIL with
-  `surplus=true`. Failed trials do not count, so they are replaced.
+  machines join. Each worker runs until the count is reached. A trial asked for while
+  the remaining places are held by running trials waits until they end (or are failed
+  as their worker's), then runs in a freed place, or is not run once the count is done
+  (FAIL with `surplus=true`). Failed trials do not count, so they are replaced.
 - Samplers are seeded per trial (seed + trial number): workers on any machine draw
-  different trials, and a study's draws do not depend on how many workers ran it.
+  different trials (a random sampler's draws do not even depend on how many workers ran;
+  TPE's also depend on which trials had finished when a trial was asked for).
 - One study, one lineage: the study records the dataset, splits, prompt settings and base
   model fingerprint when it is created; a worker whose local data or base differ refuses
   to join, naming what differs.
@@ -41,6 +43,7 @@ import json
 import multiprocessing
 import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,9 +108,11 @@ LOCAL_KEYS = ("data.dir", "data.cache_dir", "base_model", "tracking.uri", "track
 
 
 def study_name(method: str, spec: SweepSpec, overrides: list[str]) -> str:
-    """The method and a hash of the search space and the overrides that change what is trained."""
+    """The method and a hash of the search space and the overrides that change what is trained
+    (not the heartbeat's timing, which is how workers run, not what)."""
     defining = sorted(o for o in overrides if o.split("=", 1)[0] not in LOCAL_KEYS)
-    digest = hashlib.sha256(json.dumps([spec.__dict__, defining], sort_keys=True).encode())
+    settings = {k: v for k, v in spec.__dict__.items() if k != "heartbeat"}
+    digest = hashlib.sha256(json.dumps([settings, defining], sort_keys=True).encode())
     return f"{method}-{digest.hexdigest()[:8]}"
 
 
@@ -277,16 +282,29 @@ class Sweep:
     def claim(self, trial) -> None:
         """Run this trial only if fewer than `budget` trials before it are done or running
         (trial numbers are given out one by one by the storage, so two workers asking at
-        once cannot both take the last place)."""
+        once cannot both take the last place). While the places are held by trials still
+        running, wait: each ends, or is failed once its worker is known to have stopped,
+        and then frees its place, so a dead worker's trial is replaced, not lost."""
         from optuna.trial import TrialState
 
-        states = (*(TrialState[name] for name in COUNTED), TrialState.RUNNING)
-        taken = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
         trial.set_user_attr("worker", _process_identity())
-        if len(taken) >= self.budget:
-            trial.set_user_attr("surplus", True)
-            trial.study.stop()
-            raise BudgetReached(f"trial {trial.number} not run: the study's {self.budget} trials are taken")
+        client = None
+        while True:
+            before = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+            done = sum(t.state.name in COUNTED for t in before)
+            running = sum(t.state == TrialState.RUNNING for t in before)
+            if done + running < self.budget:
+                return
+            if done >= self.budget:
+                trial.set_user_attr("surplus", True)
+                trial.study.stop()
+                raise BudgetReached(f"trial {trial.number} not run: the study's {self.budget} trials are done")
+            if client is None:
+                import mlflow
+
+                client = mlflow.tracking.MlflowClient(self.tracking_uri)
+            time.sleep(self.spec.heartbeat["interval"])  # this trial's own heartbeat goes on meanwhile
+            fail_stopped_workers(trial.study, client, self.experiment, self.spec.heartbeat["grace"])
 
     def objective(self, trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
@@ -373,7 +391,8 @@ def check_lineage(study, cfg) -> None:
     recorded = study.user_attrs.get("lineage")
     if recorded is None:
         study.set_user_attr("lineage", mine)
-        return
+        # two machines creating the study at once: the lineage written last is the study's
+        recorded = study._storage.get_study_user_attrs(study._study_id)["lineage"]
     for key in LINEAGE:
         if recorded.get(key) != mine[key]:
             raise ConfigError(
@@ -507,10 +526,14 @@ def run_sweep(
             process.join()
     fail_stopped_workers(study, client, experiment, spec.heartbeat["grace"])
     summary = _summarise(study, client, sweep.parent_run_id)
-    if summary["best"] is not None and client.list_artifacts(summary["best_run_id"], "adapter"):
+    best_registered = summary["best"] is not None and client.search_model_versions(
+        f"run_id = '{summary['best_run_id']}'"
+    )  # by another machine of this study
+    if summary["best"] is not None and not best_registered and client.list_artifacts(summary["best_run_id"], "adapter"):
         version = register(cfg.tracking.uri, summary["best_run_id"])  # alias candidate
         client.set_tag(sweep.parent_run_id, "registered", f"{version.name}/{version.version}")
         summary["registered"] = f"{version.name} version {version.version}"
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        client.set_terminated(sweep.parent_run_id, "FINISHED")  # else another machine is still at work
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if _counted(study) >= budget or not running:  # else another machine is still at work
+        client.set_terminated(sweep.parent_run_id, "FINISHED")
     return {"study": name, "parent_run_id": sweep.parent_run_id, **summary}

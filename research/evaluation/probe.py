@@ -14,23 +14,25 @@ import torch
 from tqdm.auto import tqdm
 
 from research.data.simulator import simulate
+from research.datamodules.persona import chat_ids, prompt_batches
 from research.datamodules.prompts import system_text
 from research.evaluation.metrics import parameter_recall, structured_scores
+from research.modules.base import greedy_generate
 
 PROBE_SEED = 424_242  # not the neutral population's (seed + 1_000_003) nor the personas'
 
 
-def _replies(tokenizer, model, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-    replies = []
+def _replies(tokenizer, model, prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy replies through the same batching and generation as evaluation."""
+    replies = [""] * len(prompts)
     model.eval()
-    for start in tqdm(range(0, len(prompts), batch_size), desc="copy probe", unit="batch", leave=False):
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [reply.strip() for reply in replies]
+    batches = list(prompt_batches(prompts, tokenizer.pad_token_id, batch_size))
+    for index, batch in tqdm(batches, desc="copy probe", unit="batch", leave=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            new_tokens = greedy_generate(model, tokenizer, batch, max_new_tokens)
+        for i, text in zip(index, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            replies[i] = text.strip()
+    return replies
 
 
 def copy_probe(
@@ -48,7 +50,7 @@ def copy_probe(
             user = users[row["persona_id"]]
             system = system_text(row, user.name, user.preferences() if told else None)
             messages = [{"role": "system", "content": system}, {"role": "user", "content": row["turns"][0]["text"]}]
-            prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            prompts.append(chat_ids(tokenizer, messages, generation_prompt=True))
         replies = _replies(tokenizer, model, prompts, batch_size, max_new_tokens)
         f1 = [s["param_f1"] for s in map(structured_scores, references, replies) if s["param_f1"] is not None]
         recall = {f"param_recall/{k}": v for k, v in parameter_recall(references, replies).items()}

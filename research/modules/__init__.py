@@ -17,9 +17,11 @@ from research.modules.merges import (
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
 from research.modules.prefix_static import PrefixStaticModule
+from research.modules.prompt_tuning import PromptClusterModule, PromptPersonaModule
 from research.modules.retrieval import RetrievalModule
 from research.modules.selective_routing import SelectiveRoutingModule
 from research.modules.unified_lora import UnifiedLoraModule
+from research.modules.user_embedding import UserEmbeddingModule
 
 METHODS: dict[str, type[AdaptationModule]] = {
     "no_adaptation": NoAdaptationModule,
@@ -36,4 +38,7 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "selective_routing": SelectiveRoutingModule,
     "prefix_static": PrefixStaticModule,
     "retrieval": RetrievalModule,
+    "prompt_persona": PromptPersonaModule,
+    "prompt_cluster": PromptClusterModule,
+    "user_embedding": UserEmbeddingModule,
 }

@@ -15,7 +15,9 @@ A method is an `AdaptationModule` subclass with
   trainable         False: evaluated as built, no fit
   adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT LoRA directories),
                     "lora+context" (LoRA plus the context provider its prompts need, in
-                    manifest.json); serving dispatches on it (read_manifest)
+                    manifest.json), "prompt+lora" (learned prompts per group in PEFT's
+                    prompt-tuning format over a LoRA, modules/soft_prompts.py); serving
+                    dispatches on it (read_manifest)
   outputs()         metrics and artifacts it made while being built, for the recipe to log
 A method file holds only what makes it different (how it wraps the base model, extra
 loss terms, how a batch picks its adapter).
@@ -82,6 +84,17 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"kind": "lora"}
 
 
+def group_indices(groups: dict[str, str], trained_personas: set[str]) -> tuple[list[str], dict[str, int]]:
+    """(sorted group names, persona -> group index) for a method that trains one set of
+    weights per group; a group with no training dialogues is an error."""
+    names = sorted(set(groups.values()))
+    trained = {groups[p] for p in trained_personas}
+    if empty := [g for g in names if g not in trained]:
+        raise ValueError(f"group {empty[0]} has no training dialogues ({len(empty)} such groups)")
+    index = {name: i for i, name in enumerate(names)}
+    return names, {persona: index[group] for persona, group in groups.items()}
+
+
 def source_fields(config_class) -> dict[str, str]:
     """Config field -> the method its runs must be ("*": any), from field metadata."""
     return {
@@ -91,9 +104,12 @@ def source_fields(config_class) -> dict[str, str]:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, batch: dict, max_new_tokens: int) -> torch.Tensor:
-    """Greedy continuation of each left-padded prompt with the KV cache (new tokens only)."""
+    """Greedy continuation of each left-padded prompt with the KV cache (new tokens only).
+    The prompt is `input_ids`, or `inputs_embeds` (soft prompts in front; transformers then
+    returns the new tokens only)."""
+    prompt = {key: batch[key] for key in ("input_ids", "inputs_embeds") if key in batch}
     out = model.generate(
-        input_ids=batch["input_ids"],
+        **prompt,
         attention_mask=batch["attention_mask"],
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -101,7 +117,7 @@ def greedy_generate(model, tokenizer, batch: dict, max_new_tokens: int) -> torch
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return out[:, batch["input_ids"].shape[1] :]
+    return out[:, batch["input_ids"].shape[1] :] if "input_ids" in prompt else out
 
 
 class AdaptationModule(L.LightningModule):

@@ -22,7 +22,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from research.modules.base import AdaptationModule, Provided
+from research.modules.base import AdaptationModule, Provided, group_indices
 
 PEFT_PREFIX = "base_model.model."  # how PEFT names a module's weights in adapter_model.safetensors
 
@@ -191,18 +191,15 @@ class GroupLoraModule(AdaptationModule):
     ):
         groups = groups or provided.groups
         targets, r, alpha, dropout = shape or (args.target_modules, args.r, args.alpha, args.dropout)
-        self.group_names = sorted(set(groups.values()))
-        index = {name: i for i, name in enumerate(self.group_names)}
-        if self.trainable:
-            trained = {groups[p] for p in provided.trained_personas}
-            if empty := [g for g in self.group_names if g not in trained]:
-                raise ValueError(f"group {empty[0]} has no training dialogues ({len(empty)} such groups)")
+        # a method built from other runs' adapters (not trained) may hold untrained groups
+        trained = provided.trained_personas if self.trainable else set(groups)
+        self.group_names, group_of = group_indices(groups, trained)
         self.persona_groups = groups
         model.requires_grad_(False)
         self.base_name = model.name_or_path
         self.router, self.layers = inject(model, targets, len(self.group_names), r, alpha, dropout)
         super().__init__(model, tokenizer, train, args, provided)
-        self.group_of = {persona: index[group] for persona, group in groups.items()}
+        self.group_of = group_of
 
     def model_step(self, batch: dict) -> torch.Tensor:
         self.router.route(batch["group_idx"])

@@ -2,7 +2,9 @@
 
 Every adapter the table names (and its fallback) is loaded once into one group
 engine, and requests of different personas are answered together in mixed-adapter
-batches. A persona the table does not route gets the fallback and a warning.
+batches: each row gets its adapter's LoRA, and its soft prompt where the adapter has
+one (kind "prompt+lora"). A persona the table does not route gets the fallback and a
+warning.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from research.models.base import load_base
 from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
 from research.modules.retrieval import ServedRetrieval
+from research.modules.soft_prompts import left_padded, prepend, read_prompt
 from research.tracking.registry import RoutingError, adapter_dir, load_table
 
 REQUEST_FIELDS = ("persona_id", "time_of_day", "weather", "temperature_c", "day_of_week", "turns")
@@ -42,7 +45,7 @@ def current_context(now: datetime | None = None) -> dict:
     }
 
 
-ADAPTER_KINDS = ("lora", "lora+context")  # what serving can answer through (modules/base.py)
+ADAPTER_KINDS = ("lora", "lora+context", "prompt+lora")  # what serving can answer through (modules/base.py)
 
 
 class RoutedModel:
@@ -84,7 +87,14 @@ class RoutedModel:
         ]
         self.contexts.append(ProfileContext())  # no adapter
         self.users = users or {}
-        adapters = [read_adapter(adapter_dir(tracking_uri, m, v) / a)[1] for m, v, a in keys]
+        # each entry's LoRA and soft prompt (None: none); a prompt adapter's LoRA sits beside its prompts
+        adapters, self.prompts = [], []
+        for (model, version, adapter), manifest in zip(keys, manifests, strict=True):
+            directory = adapter_dir(tracking_uri, model, version)
+            prompted = manifest["kind"] == "prompt+lora"
+            adapters.append(read_adapter(directory / (manifest["lora"] if prompted else adapter))[1])
+            self.prompts.append(read_prompt(directory / adapter) if prompted else None)
+        self.prompts.append(None)  # no adapter
         if not adapters:
             raise RoutingError(f"{routing_dir}/table.json routes nobody and has no fallback")
         targets, rank = engine_shape(adapters)
@@ -93,12 +103,13 @@ class RoutedModel:
         for group, factors in enumerate(adapters):
             load_group(layers, group, factors)
         load_group(layers, len(keys), {})
+        self.hidden = self.model.get_input_embeddings().weight.shape[1]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         group = {key: g for g, key in enumerate(keys)}
         self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
         fallback = table["fallback"]
-        self.fallback = group[(fallback["model"], fallback["version"], "")] if fallback else len(keys)
+        self.fallback = group[(fallback["model"], fallback["version"], fallback["adapter"])] if fallback else len(keys)
         self.has_fallback = bool(fallback)
         self.revision = table["revision"]
 
@@ -131,6 +142,9 @@ class RoutedModel:
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
             self.router.route(torch.tensor([groups[i] for i in index], device=self.device))
             batch = {k: v.to(self.device) for k, v in batch.items()}
+            if any(self.prompts[groups[i]] is not None for i in index):
+                prompts, prompt_mask = left_padded([self.prompts[groups[i]] for i in index], self.hidden)
+                batch = prepend(self.model, batch, prompts.to(self.device), prompt_mask.to(self.device))
             new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 replies[i] = text.strip()

@@ -7,7 +7,8 @@
   base model, and serves every persona it is promoted for (one shared adapter, or the
   persona's own in groups.json); then writes a new revision of the routing table and
   records the promotion on the version (tag `promoted.<revision>`). A shared adapter
-  promoted for `all` becomes the fallback, which unknown personas get.
+  promoted for `all` becomes the fallback, which unknown personas get; so does the
+  `default` of an adapter per persona that has one (user_embedding's mean-vector prompt).
 - The table is `routing/table.json`; every revision is also kept, never rewritten, as
   `routing/history/<revision>.json`. Writes hold a file lock, fsync and replace the file
   atomically, so concurrent promotions serialise and no reader sees half a table; a
@@ -33,6 +34,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from research.config import ConfigError
+from research.modules.base import read_manifest
 
 
 class RoutingError(ConfigError):
@@ -213,6 +215,7 @@ def promote(
             f"({tags.get('base_fingerprint')}); the routing table serves base {base_fp}"
         )
     served = served_personas(source)
+    default = read_manifest(source).get("default")
     everyone = personas == "all"
     wanted = (sorted(served) if served is not None else []) if everyone else list(personas)
     if served is not None:
@@ -232,6 +235,8 @@ def promote(
         else:
             for persona in wanted:
                 table["routes"][persona] = {**entry, "adapter": served[persona] if served is not None else ""}
+            if everyone and default is not None:  # the adapter's own answer for personas it never saw
+                table["fallback"] = {**entry, "adapter": default}
         table["promotion"] = {
             **entry,
             "personas": "all" if everyone else list(personas),

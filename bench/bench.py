@@ -4,7 +4,10 @@
   plain PyTorch loop on the same model, batches, precision and optimizer
   (`train_vs_plain_loop` = Lightning time / plain time; target <= 1.2);
 - evaluation turns/s of the project's generation path versus a plain `generate` loop
-  (`eval_vs_plain_loop`, same meaning).
+  (`eval_vs_plain_loop`, same meaning);
+- retrieval's evaluation (k=3) versus unified's on the same turns, each side building its
+  prompts (retrieval: lookups in the history index, built once per dataset beforehand,
+  and the retrieved text) and generating (`retrieval_eval_vs_unified`; target <= 1.5).
 
 Every figure printed is also written to bench/results.json (name -> number).
 """
@@ -12,17 +15,23 @@ Every figure printed is also written to bench/results.json (name -> number).
 from __future__ import annotations
 
 import bisect
+import tempfile
 import time
 from itertools import accumulate
+from pathlib import Path
 
 import lightning.pytorch as L
 import torch
 from record import arguments, record  # bench/ is on the path when a script here runs
 from transformers import get_linear_schedule_with_warmup
 
-from research.datamodules.persona import PersonaDataModule
+from research.data.schema import assign_splits, load_dataset
+from research.datamodules.persona import PersonaDataModule, encode_conversation
+from research.datamodules.prompts import conversation
 from research.evaluation.generation import autocast, generate_split
 from research.models.base import load_base
+from research.modules import METHODS
+from research.modules.base import Source
 from research.recipes.experiment import load_config
 from research.recipes.run import ensure_data_and_base
 from research.recipes.train import build_module, make_trainer
@@ -101,6 +110,50 @@ def plain_eval(cfg, datamodule, module) -> float:
     return time.perf_counter() - start
 
 
+def built_prompts(datamodule, dialogues: list[dict], users: dict) -> float:
+    """Seconds to build and tokenize the prompt of every assistant turn of `dialogues` with
+    the datamodule's context provider (as its prepare_data does)."""
+    context, tokenizer = datamodule.context, datamodule.tokenizer
+    start = time.perf_counter()
+    for row in dialogues:
+        user = users[row["persona_id"]]
+        for turn in range(len(row["turns"]) // 2):
+            encode_conversation(tokenizer, conversation(row, context.system(row, user, turn)))
+    return time.perf_counter() - start
+
+
+def retrieval_vs_unified(cfg, overrides: list[str], datamodule, unified, tmp: Path, repeats: int) -> dict[str, float]:
+    """Evaluation seconds of retrieval (k=3, on `unified`'s weights) over unified's, on the
+    bench turns, prompts built and generated on each side."""
+    unified.save_adapter(tmp / "adapter")
+    retrieval_cfg = load_config(None, [*overrides, "method_args.k=3"], "retrieval")
+    tokenizer, model = load_base(cfg.base_model)
+    context = METHODS["retrieval"].needs(retrieval_cfg.method_args).context(retrieval_cfg.data)
+    with_context = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context)
+    with_context.prepare_data()  # the token cache and the history index: built once per dataset
+    with_context.setup()
+    bench_ids = {e["dialogue_id"] for e in datamodule.examples["bench"]}
+    with_context.examples["bench"] = [e for e in with_context.examples["val"] if e["dialogue_id"] in bench_ids]
+    sources = {"unified_run": [Source("bench", "unified_lora", tmp)]}
+    retrieval = build_module(retrieval_cfg, model, tokenizer, with_context, sources)[0]
+    personas, dialogues = load_dataset(cfg.data.dir)
+    users = {row["persona_id"]: row for row in personas.iter_rows(named=True)}
+    rows = [
+        r
+        for r in assign_splits(dialogues, cfg.data.val_fraction, cfg.data.test_fraction).iter_rows(named=True)
+        if r["dialogue_id"] in bench_ids
+    ]
+    times = {"retrieval": [], "unified": []}
+    for _ in range(repeats):
+        times["retrieval"].append(built_prompts(with_context, rows, users) + project_eval(cfg, with_context, retrieval))
+        times["unified"].append(built_prompts(datamodule, rows, users) + project_eval(cfg, datamodule, unified))
+    return {
+        "retrieval_eval_s": min(times["retrieval"]),
+        "unified_eval_s": min(times["unified"]),
+        "retrieval_eval_vs_unified": min(times["retrieval"]) / min(times["unified"]),
+    }
+
+
 def main() -> None:
     args = arguments(__doc__)
     steps, eval_turns, repeats = (3, 16, 1) if args.smoke else (TRAIN_STEPS, EVAL_TURNS, REPEATS)
@@ -129,6 +182,9 @@ def main() -> None:
         eval_times["project"].append(project_eval(cfg, datamodule, module))
         eval_times["plain"].append(plain_eval(cfg, datamodule, module))
 
+    with tempfile.TemporaryDirectory() as tmp:
+        retrieval = retrieval_vs_unified(cfg, args.overrides, datamodule, module, Path(tmp), repeats)
+
     lightning_s, plain_s = min(train_times["lightning"]), min(train_times["plain"])
     project_s, plain_eval_s = min(eval_times["project"]), min(eval_times["plain"])
     results = {
@@ -138,6 +194,7 @@ def main() -> None:
         "eval_turns_per_s": n_turns / project_s,
         "eval_turns_per_s_plain_loop": n_turns / plain_eval_s,
         "eval_vs_plain_loop": project_s / plain_eval_s,
+        **retrieval,
     }
     print(f"training, {steps} steps x batch {cfg.train.batch_size}, {cfg.train.precision} ({tokens} tokens):")
     print(f"  Lightning module  {results['train_tokens_per_s_lightning']:8.0f} tokens/s")
@@ -147,6 +204,9 @@ def main() -> None:
     print(f"  project path      {results['eval_turns_per_s']:8.1f} turns/s")
     print(f"  plain loop        {results['eval_turns_per_s_plain_loop']:8.1f} turns/s")
     print(f"  eval_vs_plain_loop = {results['eval_vs_plain_loop']:.3f}")
+    print("retrieval (k=3) on the same turns, prompts built and generated:")
+    print(f"  retrieval {results['retrieval_eval_s']:.2f} s, unified {results['unified_eval_s']:.2f} s")
+    print(f"  retrieval_eval_vs_unified = {results['retrieval_eval_vs_unified']:.3f} (target <= 1.5)")
     record(results, args.results)
 
 

@@ -12,7 +12,13 @@ from conftest import overrides
 BENCH = Path(__file__).parents[1] / "bench"
 
 FIGURES = {
-    "bench.py": {"train_vs_plain_loop", "eval_vs_plain_loop", "train_tokens_per_s_lightning", "eval_turns_per_s"},
+    "bench.py": {
+        "train_vs_plain_loop",
+        "eval_vs_plain_loop",
+        "train_tokens_per_s_lightning",
+        "eval_turns_per_s",
+        "retrieval_eval_vs_unified",
+    },
     "many_adapters.py": {
         "per_persona_train_vs_unified",
         "per_persona_eval_vs_unified",

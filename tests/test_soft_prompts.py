@@ -121,6 +121,7 @@ def test_served_prompts_answer_as_evaluated_next_to_a_lora_adapter(prompt_person
         dialogue = dialogues.filter(pl.col("dialogue_id") == row["dialogue_id"]).row(0, named=True)
         requests.append({**dialogue, "turns": dialogue["turns"][:1]})
         expected.append(row["prediction"])
+    print("EXPECTED", expected)
     assert model.answer(requests) == expected
 
 

@@ -3,7 +3,7 @@
 Dialogues are rendered with the tokenizer's chat template (context in the system
 turn), trained with the loss on assistant tokens only, and evaluated turn by turn
 (the dialogue history up to an assistant turn is the prompt). Every batch carries
-the persona index; methods that own an adapter per group pass `group_of` and get
+the persona index (training batches their dialogue ids too); methods that own an adapter per group pass `group_of` and get
 `group_idx` too. Tokenized data is cached under `cache_dir`, keyed by the dataset,
 the tokenizer and the settings that change tokens.
 """
@@ -163,6 +163,7 @@ class PersonaDataModule(L.LightningDataModule):
             ),
             "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]),
             "persona_idx": torch.tensor([self.persona_index[r["persona_id"]] for r in rows]),
+            "dialogue_id": [r["dialogue_id"] for r in rows],
         }
         if self.group_of is not None:
             batch["group_idx"] = torch.tensor([self.group_of[r["persona_id"]] for r in rows])

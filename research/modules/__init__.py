@@ -14,6 +14,7 @@ from research.modules.merges import (
     TiesMergeModule,
     WeightedMergeModule,
 )
+from research.modules.multitask import MultitaskModule
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
 from research.modules.prefix_static import PrefixStaticModule
@@ -41,4 +42,5 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "prompt_persona": PromptPersonaModule,
     "prompt_cluster": PromptClusterModule,
     "user_embedding": UserEmbeddingModule,
+    "multitask": MultitaskModule,
 }

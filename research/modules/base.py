@@ -5,7 +5,8 @@ A method is an `AdaptationModule` subclass with
   config_class      its settings (`method_args`), a dataclass; a field whose metadata has
                     `source_method` names a run the method builds on (a source)
   needs(args)       what it asks the recipe for: an adapter per persona or per cluster,
-                    a clustering, persona features, a context provider for its prompts
+                    a clustering, persona features, a context provider for its prompts,
+                    the training dialogues' recorded actions
   __init__(model, tokenizer, train, args, provided)
                     builds layers from what the recipe `provided` (resolved sources with
                     their artifacts on disk, groups, clustering, features); nothing else:
@@ -48,6 +49,7 @@ class Needs:
     persona_features: str | None = None  # description (this embedder; "" = bundled) + behaviour features
     # the method's own prompts, built from the data config; None: the data config's
     context: Callable[[DataConfig], ContextProvider] | None = None
+    actions: bool = False  # each training dialogue's recorded actions (auxiliary targets)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Provided:
     clustering: Any = None  # research.evaluation.clustering.Clustering (needs.clustering)
     persona_features: np.ndarray | None = None  # one row per persona_ids (needs.persona_features)
     context: ContextProvider | None = None  # the prompts the datamodule was built with
+    # training dialogue id -> the actions of its assistant turns, in order (needs.actions);
+    # batches carry `dialogue_id` to look them up
+    actions: dict[str, list[dict]] | None = None
 
     def source(self, name: str) -> Source:
         return self.sources[name][0]

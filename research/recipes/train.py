@@ -201,6 +201,13 @@ def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list
         provided.groups = {persona: persona for persona in provided.persona_ids}
     elif needs.groups == "cluster":
         provided.groups = provided.clustering.groups()
+    if needs.actions:
+        _, dialogues = load_dataset(datamodule.cfg.dir)
+        train = {example["dialogue_id"] for example in datamodule.examples["train"]}
+        provided.actions = {
+            row["dialogue_id"]: [a for turn in row["turns"] if turn["role"] == "assistant" for a in turn["actions"]]
+            for row in dialogues.filter(pl.col("dialogue_id").is_in(train)).iter_rows(named=True)
+        }
     if needs.persona_features is not None:
         provided.persona_features = np.hstack(
             [description_features(datamodule, needs.persona_features), behaviour_features(datamodule)]

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from research.config import DataConfig
+from research.data.augment import Augmentation
 from research.data.schema import assign_splits, fingerprint, load_dataset
 from research.datamodules.prompts import ContextProvider, ProfileContext, conversation
 
@@ -89,11 +90,13 @@ class PersonaDataModule(L.LightningDataModule):
         seed: int = 0,
         group_of: dict[str, int] | None = None,
         context: ContextProvider | None = None,
+        augment: Augmentation | None = None,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
         self.group_of = group_of
         self.context = context or default_context(cfg)
+        self.augment = augment
         self.data_fingerprint = fingerprint(cfg.dir)
         key = json.dumps(
             [
@@ -104,6 +107,7 @@ class PersonaDataModule(L.LightningDataModule):
                 cfg.test_fraction,
                 self.context.fingerprint(),
                 cfg.max_length,
+                *([augment.fingerprint()] if augment else []),  # without one, the keys caches already have
             ],
         )
         self.cache_path = Path(cfg.cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
@@ -115,7 +119,14 @@ class PersonaDataModule(L.LightningDataModule):
         dialogues = assign_splits(dialogues, self.cfg.val_fraction, self.cfg.test_fraction)
         users = {user["persona_id"]: user for user in personas.iter_rows(named=True)}
         examples: dict[str, list] = {"train": [], "val": [], "test": []}
-        for row in dialogues.iter_rows(named=True):
+        rows = list(dialogues.iter_rows(named=True))
+        if self.augment:  # reworded copies of each persona's training dialogues, training only
+            by_persona: dict[str, list[dict]] = {}
+            for row in rows:
+                if row["split"] == "train":
+                    by_persona.setdefault(row["persona_id"], []).append(row)
+            rows += [extra for persona in sorted(by_persona) for extra in self.augment(by_persona[persona])]
+        for row in rows:
             user = users[row["persona_id"]]
             system = self.context.system(row, user, None)
             ids, labels, prompt_ends = encode_conversation(self.tokenizer, conversation(row, system))
@@ -129,6 +140,7 @@ class PersonaDataModule(L.LightningDataModule):
                 {
                     "persona_id": row["persona_id"],
                     "dialogue_id": row["dialogue_id"],
+                    **({"augmented": True} if row.get("augmented") else {}),
                     "input_ids": ids[: self.cfg.max_length],
                     "labels": labels[: self.cfg.max_length],
                     # left-truncated prompts: the latest history matters most

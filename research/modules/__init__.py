@@ -3,6 +3,7 @@
 Adding a method: one module file, one YAML in sweeps/, one line here.
 """
 
+from research.modules.augmented_lora import AugmentedLoraModule
 from research.modules.base import AdaptationModule
 from research.modules.cluster_lora import ClusterLoraModule
 from research.modules.constrained_lora import ConstrainedLoraModule
@@ -43,4 +44,5 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "prompt_cluster": PromptClusterModule,
     "user_embedding": UserEmbeddingModule,
     "multitask": MultitaskModule,
+    "augmented_lora": AugmentedLoraModule,
 }

@@ -6,7 +6,7 @@ A method is an `AdaptationModule` subclass with
                     `source_method` names a run the method builds on (a source)
   needs(args)       what it asks the recipe for: an adapter per persona or per cluster,
                     a clustering, persona features, a context provider for its prompts,
-                    the training dialogues' recorded actions
+                    the training dialogues' recorded actions, augmented training data
   __init__(model, tokenizer, train, args, provided)
                     builds layers from what the recipe `provided` (resolved sources with
                     their artifacts on disk, groups, clustering, features); nothing else:
@@ -39,6 +39,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from research.config import ClusteringConfig, DataConfig, TrainConfig
+from research.data.augment import Augmentation
 from research.datamodules.prompts import ContextProvider
 
 
@@ -50,6 +51,7 @@ class Needs:
     # the method's own prompts, built from the data config; None: the data config's
     context: Callable[[DataConfig], ContextProvider] | None = None
     actions: bool = False  # each training dialogue's recorded actions (auxiliary targets)
+    augment: Augmentation | None = None  # reworded copies of the training dialogues to train on too
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,14 @@ def group_indices(groups: dict[str, str], trained_personas: set[str]) -> tuple[l
     return names, {persona: index[group] for persona, group in groups.items()}
 
 
-def source_fields(config_class) -> dict[str, str]:
-    """Config field -> the method its runs must be ("*": any), from field metadata."""
+def source_fields(config_class, args=None) -> dict[str, str]:
+    """Config field -> the method its runs must be ("*": any), from field metadata. A field
+    whose metadata has `used_when` (a bool field's name) is a source only when `args` has
+    that field true."""
     return {
-        f.name: f.metadata["source_method"] for f in dataclasses.fields(config_class) if "source_method" in f.metadata
+        f.name: f.metadata["source_method"]
+        for f in dataclasses.fields(config_class)
+        if "source_method" in f.metadata and (args is None or getattr(args, f.metadata.get("used_when", ""), True))
     }
 
 

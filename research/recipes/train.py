@@ -246,7 +246,9 @@ def train_and_evaluate(
     tokenizer, model = base_copy(cfg.base_model)
     needs = METHODS[cfg.method].needs(cfg.method_args)
     context = needs.context(cfg.data) if needs.context else None
-    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context)
+    datamodule = PersonaDataModule(
+        cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context, augment=needs.augment
+    )
     datamodule.prepare_data()
     datamodule.setup()
     tags = {**(tags or {}), **run_tags(cfg)}
@@ -262,6 +264,9 @@ def train_and_evaluate(
         method_metrics, method_artifacts = module.outputs()
         log_outputs(method_metrics, method_artifacts)
         mlflow.log_metric("params/trainable", sum(p.numel() for p in module.parameters() if p.requires_grad))
+        train = datamodule.examples["train"]
+        augmented = sum(1 for example in train if example.get("augmented"))
+        mlflow.log_metrics({"data/train_dialogues": len(train) - augmented, "data/augmented_dialogues": augmented})
         fit_started = time.perf_counter()
         if module.trainable:
             fit(module, datamodule, cfg, run.info.run_id, callbacks)

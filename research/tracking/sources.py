@@ -88,7 +88,7 @@ def resolve_sources(method_args, tags: dict[str, str], experiment_id: str) -> di
     with source_method "*" lists runs of any method; it may not be empty. `method_args`
     is left as it is: the recipe records what was resolved."""
     resolved = {}
-    for name, method in source_fields(type(method_args)).items():
+    for name, method in source_fields(type(method_args), method_args).items():
         value = getattr(method_args, name)
         if method == "*":
             if not value:

@@ -271,15 +271,8 @@ def cmd_ui(args) -> None:
         sys.exit(1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="research",
-        description="persona-lab: personalization methods as tracked, comparable experiments.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _data_commands(sub) -> None:
+    """data: generate, validate, import"""
     data = sub.add_parser("data", help="generate, validate or import persona datasets").add_subparsers(
         dest="action", required=True
     )
@@ -303,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--out", required=True, help="dataset directory to write")
     imp.set_defaults(func=cmd_data_import)
 
+
+def _model_and_training_commands(sub) -> None:
+    """base, train, probe, sweep, cluster"""
     from research.models.base import BaseConfig
 
     base = sub.add_parser(
@@ -383,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     cluster.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. algorithm=agglomerative k=6")
     cluster.set_defaults(func=cmd_cluster)
 
+
+def _serving_commands(sub) -> None:
+    """register, promote, routing, chat, predict"""
     serving = argparse.ArgumentParser(add_help=False)
     serving.add_argument("--routing", default="routing", help="routing table directory (default: routing)")
 
@@ -404,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
         "promote",
         parents=[serving],
         help="route personas to a registered model version (checked, atomic, recorded)",
-        description="A shared adapter promoted for all becomes the fallback for every persona without a route.",
+        description="A shared adapter promoted for all becomes the fallback for every persona without a route; "
+        "so does the unseen-persona prompt of an adapter that has one (user_embedding).",
     )
     promote.add_argument("model", help="registered model name (the method)")
     promote.add_argument("version")
@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     serving_overrides(predict)
     predict.set_defaults(func=cmd_predict)
 
+
+def _analysis_commands(sub) -> None:
+    """compare, methods, score, run, instrument, report, ui"""
     compare = sub.add_parser(
         "compare",
         help="runs against unified per persona: share improved, paired t-test, bootstrap CI, min persona",
@@ -504,6 +507,20 @@ def main(argv: list[str] | None = None) -> None:
     ui.add_argument("--out", default="reports/ui", help="where --check saves its screenshots")
     ui.add_argument("overrides", nargs="*", metavar="tracking.key=value", help="e.g. tracking.experiment=mine")
     ui.set_defaults(func=cmd_ui)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="research",
+        description="persona-lab: personalization methods as tracked, comparable experiments.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data_commands(sub)
+    _model_and_training_commands(sub)
+    _serving_commands(sub)
+    _analysis_commands(sub)
 
     # key=value overrides may also follow options (`promote M V --routing DIR tracking.uri=...`),
     # which argparse leaves over once a positional list has matched

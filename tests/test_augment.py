@@ -4,6 +4,7 @@ import random
 
 import mlflow
 import pytest
+from peft import LoraConfig
 
 from research.data.augment import Augmentation, numbers, politeness, synonyms
 from research.recipes.experiment import load_config
@@ -13,8 +14,15 @@ from research.recipes.train import base_copy, train_and_evaluate
 def test_rules_keep_what_is_asked():
     rng = random.Random(0)
     assert numbers("Set the lights to 70%.", rng) == "Set the lights to seventy percent."
-    assert numbers("volume forty-five", rng) == "volume 45"
+    assert numbers("volume at forty-five percent", rng) == "volume at 45 percent"
+    assert numbers("no one is home", rng) == "no one is home", "words become digits only as amounts"
     assert numbers("brightness 250", rng) == "brightness 250", "only 0-100 are written as words"
+    assert numbers("make it 21.5 degrees", rng) == "make it 21.5 degrees", "decimals stay"
+    assert {synonyms("Play some music.", random.Random(seed)) for seed in range(20)} <= {
+        "Play some music.",
+        "Play some tunes.",
+    }
+    assert politeness("A bit brighter, please.", rng) == "A bit brighter, please.", "never please twice"
     swapped = {synonyms("Turn on the lights", random.Random(seed)) for seed in range(20)}
     assert "Turn on the lights" in swapped and len(swapped) > 3
     assert all(s.endswith(("lights", "lamps", "lighting")) for s in swapped)
@@ -87,3 +95,6 @@ def test_hybrid_augmented_lora_builds_on_unified(source_runs):
     cfg = load_config(None, [*experiment, "method_args.per_persona=6", "method_args.hybrid=true"], "augmented_lora")
     run = mlflow.get_run(train_and_evaluate(cfg).run_id)
     assert run.data.tags["source.unified_run"] == runs["unified_lora"]
+    # each persona's export holds unified's part and its own: rank 8 + 8
+    adapter = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="adapter/persona_001")
+    assert LoraConfig.from_pretrained(adapter).r == 16

@@ -50,7 +50,7 @@ def test_batches_carry_persona_and_group(data_root, base_dir, tmp_path):
     dm, _ = _datamodule(data_root, base_dir, tmp_path)
     dm.group_of = {p: i % 2 for i, p in enumerate(dm.persona_ids)}
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "persona_idx", "group_idx"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "persona_idx", "group_idx", "dialogue_id"}
     assert batch["group_idx"].tolist() == [i % 2 for i in batch["persona_idx"].tolist()]
 
 

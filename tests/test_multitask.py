@@ -6,13 +6,13 @@ import torch
 from safetensors.torch import load_file
 
 from research.data.schema import assign_splits, load_dataset
-from research.modules.multitask import DEVICE_NAMES, NUMERIC, dialogue_targets
+from research.modules.multitask import DEVICE_NAMES, NUMERIC, before_each_reply, turn_targets
 from research.recipes.experiment import load_config
 from research.recipes.train import train_and_evaluate
 
 
 def test_targets_are_the_devices_acted_on_and_each_setting_scaled_to_its_range():
-    devices, values, present = dialogue_targets(
+    devices, values, present = turn_targets(
         [
             {"device": "lights", "parameter": "brightness", "value": "40"},
             {"device": "lights", "parameter": "color", "value": "warm"},
@@ -23,6 +23,19 @@ def test_targets_are_the_devices_acted_on_and_each_setting_scaled_to_its_range()
     setting = dict(zip(NUMERIC, zip(values, present, strict=True), strict=True))
     assert setting[("lights", "brightness")] == (0.4, 1.0) and setting[("ac", "temperature")] == (0.5, 1.0)
     assert setting[("tv", "volume")] == (0.0, 0.0)
+
+
+def test_each_reply_is_predicted_from_what_was_read_before_it():
+    #            system  user  reply1  tmpl  user  reply2  pad
+    labels = torch.tensor([[-100, -100, 7, 7, -100, -100, 9, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
+    hidden = torch.arange(8.0).view(1, 8, 1)
+    rows, turns, pooled = before_each_reply(hidden, labels, mask)
+    assert rows.tolist() == [0, 0] and turns.tolist() == [0, 1]
+    assert pooled[:, 0].tolist() == [0.5, (0 + 1 + 4 + 5) / 4]
+    changed = hidden.clone()
+    changed[0, 2:4] = 100.0  # the first reply's tokens never feed a head
+    assert torch.equal(before_each_reply(changed, labels, mask)[2], pooled)
 
 
 def _lora(run_id: str) -> dict:
@@ -65,6 +78,9 @@ def test_only_training_dialogues_give_targets(experiment):
         .iter_rows()
     )
     assert provided.actions and {splits[d] for d in provided.actions} == {"train"}
+    turns = {row["dialogue_id"]: row["turns"] for row in dialogues.iter_rows(named=True)}
+    for dialogue, actions in provided.actions.items():  # one entry per assistant turn, its own actions
+        assert actions == [t["actions"] for t in turns[dialogue] if t["role"] == "assistant"]
     assert len(provided.actions) == len(datamodule.examples["train"])
 
 

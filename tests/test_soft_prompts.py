@@ -36,27 +36,37 @@ def test_a_soft_prompt_answers_as_its_vectors_written_in_front_would(base_dir):
     same greedy tokens as the same embeddings given as text, row by row."""
     tokenizer, model = load_base(base_dir)
     model.eval()
-    prefix = tokenizer("lights brightness 80, warm", add_special_tokens=False)["input_ids"]
-    prompts = [_prompt(tokenizer, "turn on the lights"), _prompt(tokenizer, "play some music in the kitchen")]
+    prefix = tokenizer("User: Maya. lights brightness 80, warm", add_special_tokens=False)["input_ids"]
+    texts = ["turn on the lights", "play some music in the kitchen", "set the ac to 22"]
+    prompts = [_prompt(tokenizer, text) for text in texts]
     vectors = model.get_input_embeddings()(torch.tensor(prefix)).detach()
-    _, batch = next(prompt_batches(prompts, tokenizer.pad_token_id, 4))
-    soft, mask = left_padded([vectors, None], vectors.shape[1])
+    index, batch = next(prompt_batches(prompts, tokenizer.pad_token_id, 4))
+    text_prefixes = {0: prefix, 1: prefix[-3:], 2: []}  # prompts of two lengths, and none
+    soft, mask = left_padded([[vectors, vectors[-3:], None][i] for i in index], vectors.shape[1])
     got = greedy_generate(model, tokenizer, prepend(model, batch, soft, mask), 12)
-    for row, (ids, text_prefix) in enumerate(zip(prompts, (prefix, []), strict=True)):
-        hard = torch.tensor([text_prefix + ids])
+    answers = []
+    for row, i in enumerate(index):
+        hard = torch.tensor([text_prefixes[i] + prompts[i]])
         expected = greedy_generate(model, tokenizer, {"input_ids": hard, "attention_mask": torch.ones_like(hard)}, 12)
         assert got[row, : expected.shape[1]].tolist() == expected[0].tolist()
+        answers.append(tokenizer.decode(expected[0]))
+    assert len(set(answers)) > 1, "the base answers differently: the comparison can tell rows apart"
 
 
 def test_an_unseen_persona_gets_the_mean_of_the_trained_vectors(base_dir):
     tokenizer, model = load_base(base_dir)
     provided = Provided(persona_ids=["a", "b", "c"], trained_personas={"a", "b"})
     module = UserEmbeddingModule(model, tokenizer, None, UserEmbeddingConfig(dim=8, tokens=2), provided)
-    vectors = module.user_vectors()
-    assert torch.allclose(vectors[2], module.vectors[:2].mean(0)) and torch.equal(vectors[:2], module.vectors[:2])
+    trained = torch.stack(list(module.vectors[:2]))
+    vectors = module.user_vectors(torch.tensor([0, 1, 2]))
+    assert torch.allclose(vectors[2], trained.mean(0)) and torch.equal(vectors[:2], trained)
     # the projection starts at zero: everyone starts with the same prompt
     prompts = module.prompts({"persona_idx": torch.tensor([0, 1])})
     assert prompts.shape == (2, 2, model.config.hidden_size) and torch.equal(prompts[0], prompts[1])
+    # a persona absent from the batch gets no gradient (AdamW then leaves its vector alone)
+    module.projection.weight.data.normal_()
+    module.prompts({"persona_idx": torch.tensor([0, 0])}).sum().backward()
+    assert module.vectors[0].grad is not None and module.vectors[1].grad is None
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +131,7 @@ def test_served_prompts_answer_as_evaluated_next_to_a_lora_adapter(prompt_person
         dialogue = dialogues.filter(pl.col("dialogue_id") == row["dialogue_id"]).row(0, named=True)
         requests.append({**dialogue, "turns": dialogue["turns"][:1]})
         expected.append(row["prediction"])
-    print("EXPECTED", expected)
+    assert all(expected), "the runs answer in words, so equal answers mean something"
     assert model.answer(requests) == expected
 
 
@@ -144,8 +154,15 @@ def test_user_embedding_trains_with_its_lora_and_serves_an_unseen_persona_the_me
     model = RoutedModel(cfg.base_model, cfg.tracking.uri, routing, 8)
     assert torch.equal(model.prompts[model.fallback], read_prompt(adapter / UNSEEN))
     ask = {**CONTEXT, "turns": [{"role": "user", "text": "turn on the lights"}]}
-    replies = model.answer([{"persona_id": "newcomer", "name": "Ada", **ask}, {"persona_id": "persona_001", **ask}])
-    assert all(isinstance(reply, str) for reply in replies)
+    newcomer = {"persona_id": "newcomer", "name": "Ada", **ask}
+    replies = model.answer([newcomer, {"persona_id": "persona_001", **ask}])
+    # the newcomer's answer: the exported LoRA with the mean vector's prompt, built by hand
+    tokenizer, base = load_base(cfg.base_model)
+    lora = PeftModel.from_pretrained(base, adapter / "lora").eval()
+    ids = torch.tensor([chat_ids(tokenizer, conversation(newcomer, system_text(newcomer, name="Ada")), True)])
+    batch = prepend(lora, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, mean_prompt[None])
+    expected = tokenizer.decode(greedy_generate(lora, tokenizer, batch, 8)[0], skip_special_tokens=True).strip()
+    assert replies[0] == expected and expected
 
 
 def test_prompt_cluster_learns_one_prompt_per_cluster(source_runs):

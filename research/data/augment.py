@@ -33,11 +33,11 @@ SYNONYMS = {
     "light": ["lamp"],
     "a bit": ["a little", "slightly"],
     "a little": ["a bit", "slightly"],
-    "music": ["tunes", "some music"],
+    "music": ["tunes"],
     "tunes": ["music"],
     "increase": ["raise", "turn up"],
     "decrease": ["lower", "turn down"],
-    "set": ["put", "change"],
+    "set the": ["change the", "adjust the"],
     "make it": ["get it"],
     "warmer": ["hotter"],
     "cooler": ["colder"],
@@ -54,6 +54,7 @@ NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twe
 sixteen seventeen eighteen nineteen".split()
 TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 RULES = ("synonyms", "politeness", "numbers")
+RULES_VERSION = 2  # bump when a rule or table changes: cached token data made with the old ones is stale
 
 
 def number_as_words(n: int) -> str:
@@ -66,7 +67,9 @@ def number_as_words(n: int) -> str:
 
 
 WORDS_AS_NUMBERS = {number_as_words(n): n for n in range(101)}
-_NUMBER_WORD = re.compile(r"\b(" + "|".join(sorted(map(re.escape, WORDS_AS_NUMBERS), key=len, reverse=True)) + r")\b")
+_NUMBER_WORD_UNIT = re.compile(
+    r"\b(" + "|".join(sorted(map(re.escape, WORDS_AS_NUMBERS), key=len, reverse=True)) + r") (percent|degrees)\b"
+)
 _SYNONYM = re.compile(r"\b(" + "|".join(sorted(map(re.escape, SYNONYMS), key=len, reverse=True)) + r")\b", re.I)
 
 
@@ -87,9 +90,12 @@ def synonyms(text: str, rng: random.Random) -> str:
 
 
 def politeness(text: str, rng: random.Random) -> str:
-    """The request inside a polite framing: a lead-in, or a closing that ends the sentence."""
-    lead, closing = rng.choice(FRAMINGS)
+    """The request inside a polite framing: a lead-in, or a closing that ends the sentence;
+    a request that already says please or thanks is left as it is."""
     body = text.strip()
+    if re.search(r"\b(please|thanks|thank you)\b", body, re.I):
+        return body
+    lead, closing = rng.choice(FRAMINGS)
     if lead.endswith(", ") and not re.match(r"(I\b|I'|[A-Z]{2})", body):  # "Please, turn..." not "Please, Turn"
         body = body[:1].lower() + body[1:]
     if closing.startswith(","):
@@ -98,15 +104,17 @@ def politeness(text: str, rng: random.Random) -> str:
 
 
 def numbers(text: str, rng: random.Random) -> str:
-    """Numbers 0-100 in digits written as words, or numbers in words written as digits."""
-    if re.search(r"\b\d{1,3}\b", text):
+    """Whole numbers 0-100 in digits written as words ("40%" -> "forty percent"), or numbers
+    in words before a unit written as digits ("forty percent" -> "40 percent"). Decimals,
+    larger numbers and words that are not amounts ("no one") stay as they are."""
+    if re.search(r"(?<![\d.,])\d{1,3}(?!\d|[.,]\d)", text):
 
         def words(m: re.Match) -> str:
             n = int(m[1])
             return m[0] if n > 100 else number_as_words(n) + (" percent" if m[2] else "")
 
-        return re.sub(r"\b(\d{1,3})\b(%?)", words, text)
-    return _NUMBER_WORD.sub(lambda m: str(WORDS_AS_NUMBERS[m[1]]), text)
+        return re.sub(r"(?<![\d.,])(\d{1,3})(?!\d|[.,]\d)(%?)", words, text)
+    return _NUMBER_WORD_UNIT.sub(lambda m: f"{WORDS_AS_NUMBERS[m[1]]} {m[2]}", text)
 
 
 REWRITES = {"synonyms": synonyms, "politeness": politeness, "numbers": numbers}
@@ -156,4 +164,4 @@ class Augmentation:
         return row
 
     def fingerprint(self) -> str:
-        return json.dumps({"augmentation": asdict(self)}, sort_keys=True)
+        return json.dumps({"augmentation": asdict(self), "rules_version": RULES_VERSION}, sort_keys=True)

@@ -9,11 +9,10 @@ unchanged reply may not fit the new context. Augmented dialogues never enter val
 
 from dataclasses import dataclass, field
 
-from peft import PeftModel
-
 from research.data.augment import RULES, Augmentation
 from research.modules.base import Needs
-from research.modules.group_lora import GroupLoraModule, read_adapter
+from research.modules.group_lora import GroupLoraModule
+from research.modules.hybrid_lora import merged_unified
 from research.modules.unified_lora import UnifiedLoraConfig
 
 
@@ -37,11 +36,7 @@ class AugmentedLoraModule(GroupLoraModule):
         return Needs(groups="persona", augment=augmentation)
 
     def __init__(self, model, tokenizer, train, args: AugmentedLoraConfig, provided) -> None:
-        self.unified = None
-        if args.hybrid:
-            unified = provided.source("unified_run").artifacts / "adapter"
-            _, self.unified = read_adapter(unified)
-            model = PeftModel.from_pretrained(model, unified).merge_and_unload()
+        model, self.unified = merged_unified(model, provided) if args.hybrid else (model, None)
         super().__init__(model, tokenizer, train, args, provided)
 
     def adapter_below(self) -> dict | None:

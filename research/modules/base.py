@@ -72,9 +72,9 @@ class Provided:
     clustering: Any = None  # research.evaluation.clustering.Clustering (needs.clustering)
     persona_features: np.ndarray | None = None  # one row per persona_ids (needs.persona_features)
     context: ContextProvider | None = None  # the prompts the datamodule was built with
-    # training dialogue id -> the actions of its assistant turns, in order (needs.actions);
+    # training dialogue id -> each assistant turn's actions, in order (needs.actions);
     # batches carry `dialogue_id` to look them up
-    actions: dict[str, list[dict]] | None = None
+    actions: dict[str, list[list[dict]]] | None = None
 
     def source(self, name: str) -> Source:
         return self.sources[name][0]

@@ -17,6 +17,13 @@ class HybridLoraConfig(UnifiedLoraConfig):
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
 
 
+def merged_unified(model, provided) -> tuple:
+    """(the base with the unified run's adapter merged in and frozen, that adapter's factors
+    for export_group's `below`)."""
+    unified = provided.source("unified_run").artifacts / "adapter"
+    return PeftModel.from_pretrained(model, unified).merge_and_unload(), read_adapter(unified)[1]
+
+
 class HybridLoraModule(GroupLoraModule):
     config_class = HybridLoraConfig
 
@@ -25,9 +32,7 @@ class HybridLoraModule(GroupLoraModule):
         return Needs(groups="persona")
 
     def __init__(self, model, tokenizer, train, args: HybridLoraConfig, provided) -> None:
-        unified = provided.source("unified_run").artifacts / "adapter"
-        _, self.unified = read_adapter(unified)
-        model = PeftModel.from_pretrained(model, unified).merge_and_unload()
+        model, self.unified = merged_unified(model, provided)
         super().__init__(model, tokenizer, train, args, provided)
 
     def adapter_below(self) -> dict:

@@ -6,11 +6,12 @@ device_weight * BCE + numeric_weight * MSE; the seed's weights (1.0 generation, 
 persona, 0.05 devices) are the defaults, and the numeric head, which the seed does not
 weigh, takes the devices' 0.05.
 
-The heads read the mean of the hidden states over the tokens the model reads before
-replying (system and user turns: everything but the assistant's own tokens). With the
-user's name in the system turn, the persona head can read it from there. Targets come
-from the training dialogues' recorded actions only; val/loss stays the LM loss, so early
-stopping watches generation. Only the generation path is used at inference: the heads
+One auxiliary example per assistant turn: the heads read the mean of the hidden states
+over what the model has read before that reply starts (system turn, user turns, earlier
+replies' template tokens; no reply token, so a reply that states its settings never
+feeds a head), and predict that reply's recorded actions. With the user's name in the
+system turn, the persona head can read it from there. Targets come from the training
+dialogues only; val/loss stays the LM loss, so early stopping watches generation. Only the generation path is used at inference: the heads
 are not exported (the adapter is plain LoRA).
 """
 
@@ -37,9 +38,9 @@ class MultitaskConfig(UnifiedLoraConfig):
     numeric_weight: float = 0.05
 
 
-def dialogue_targets(actions: list[dict]) -> tuple[list[float], list[float], list[float]]:
-    """(devices acted on, 0/1 per DEVICE_NAMES; each numeric setting's last value scaled to
-    [0, 1]; 1 where it was set), from a dialogue's recorded actions."""
+def turn_targets(actions: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """(devices acted on, 0/1 per DEVICE_NAMES; each numeric setting's value scaled to
+    [0, 1]; 1 where it was set), from one reply's recorded actions."""
     devices = [0.0] * len(DEVICE_NAMES)
     values, present = [0.0] * len(NUMERIC), [0.0] * len(NUMERIC)
     for action in actions:
@@ -50,6 +51,20 @@ def dialogue_targets(actions: list[dict]) -> tuple[list[float], list[float], lis
             i = NUMERIC.index(key)
             values[i], present[i] = (float(action["value"]) - low) / (high - low), 1.0
     return devices, values, present
+
+
+def before_each_reply(
+    hidden: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, turn, mean hidden state) of each reply in the batch: the mean over the tokens
+    read before the reply starts, reply tokens (labels != -100) left out."""
+    reply = labels != -100
+    read = (attention_mask.bool() & ~reply).unsqueeze(-1)
+    starts = reply & ~F.pad(reply, (1, 0))[:, :-1]  # each reply's first token
+    rows, columns = starts.nonzero(as_tuple=True)
+    turns = (starts.cumsum(1) - 1)[rows, columns]  # the reply's rank in its row
+    summed, count = (hidden * read).cumsum(1), read.cumsum(1)  # running sums: up to the token before
+    return rows, turns, summed[rows, columns - 1] / count[rows, columns - 1].clamp(min=1)
 
 
 class MultitaskModule(AdaptationModule):
@@ -68,7 +83,7 @@ class MultitaskModule(AdaptationModule):
             self.persona_head = nn.Linear(hidden, len(provided.persona_ids))
             self.device_head = nn.Linear(hidden, len(DEVICE_NAMES))
             self.numeric_head = nn.Linear(hidden, len(NUMERIC))
-        self.targets = {dialogue: dialogue_targets(actions) for dialogue, actions in provided.actions.items()}
+        self.targets = {dialogue: [turn_targets(a) for a in turns] for dialogue, turns in provided.actions.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(
@@ -77,23 +92,24 @@ class MultitaskModule(AdaptationModule):
             labels=batch["labels"],
             output_hidden_states=True,
         )
-        read = (batch["attention_mask"].bool() & (batch["labels"] == -100)).unsqueeze(-1)
-        pooled = (out.hidden_states[-1] * read).sum(1) / read.sum(1).clamp(min=1)
-        pooled = pooled.float()
+        rows, turns, pooled = before_each_reply(out.hidden_states[-1].float(), batch["labels"], batch["attention_mask"])
+        dialogues = [batch["dialogue_id"][r] for r in rows.tolist()]
+        turns = turns.tolist()
         devices, values, present = (
-            torch.tensor([self.targets[d][i] for d in batch["dialogue_id"]], device=pooled.device) for i in range(3)
+            torch.tensor([self.targets[d][t][i] for d, t in zip(dialogues, turns, strict=True)], device=pooled.device)
+            for i in range(3)
         )
-        persona_loss = F.cross_entropy(self.persona_head(pooled), batch["persona_idx"])
+        persona_loss = F.cross_entropy(self.persona_head(pooled), batch["persona_idx"][rows])
         device_loss = F.binary_cross_entropy_with_logits(self.device_head(pooled), devices)
         numeric_loss = ((self.numeric_head(pooled) - values) ** 2 * present).sum() / present.sum().clamp(min=1)
-        args, rows = self.args, batch["input_ids"].shape[0]
+        args, size = self.args, batch["input_ids"].shape[0]
         loss = (
             out.loss
             + args.persona_weight * persona_loss
             + args.device_weight * device_loss
             + args.numeric_weight * numeric_loss
         )
-        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         # the parts as epoch means: what a comparison across runs reads
         for name, value in (
             ("lm_loss", out.loss),
@@ -101,7 +117,7 @@ class MultitaskModule(AdaptationModule):
             ("device_loss", device_loss),
             ("numeric_loss", numeric_loss),
         ):
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=rows)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def save_adapter(self, directory) -> None:

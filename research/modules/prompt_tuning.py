@@ -46,6 +46,11 @@ class PromptPersonaModule(SoftPromptModule):
         self.table = PromptTable(len(self.group_names), sample_vocab_init(model, args.length))
         self.context = provided.context
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # the unified model is frozen: no LoRA dropout while the prompts learn
+        return self
+
     def prompts(self, batch):
         return self.table(batch["group_idx"])
 

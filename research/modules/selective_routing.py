@@ -28,7 +28,8 @@ import joblib
 import numpy as np
 import polars as pl
 
-from research.modules.base import Needs
+from research.config import ConfigError
+from research.modules.base import Needs, read_manifest
 from research.modules.group_lora import GroupLoraModule, engine_shape, load_group, read_adapter
 
 
@@ -142,6 +143,12 @@ class SelectiveRoutingModule(GroupLoraModule):
 
     def __init__(self, model, tokenizer, train, args: SelectiveRoutingConfig, provided) -> None:
         sources = {s.run_id: s for s in provided.sources["unified_run"] + provided.sources["candidate_runs"]}
+        for source in sources.values():  # it routes between LoRA weights: prompts or context would be lost
+            if (kind := read_manifest(source.artifacts / "adapter")["kind"]) != "lora":
+                raise ConfigError(
+                    f"method_args.candidate_runs: run {source.run_id} ({source.method}) has adapter kind {kind!r}; "
+                    "selective_routing routes between LoRA adapters only"
+                )
         unified = provided.source("unified_run").run_id
         scores = {run: val_scores(source.artifacts, args.metric) for run, source in sources.items()}
         proposal = routing_proposal(scores, unified, args.margin)

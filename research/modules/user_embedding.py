@@ -2,8 +2,9 @@
 `tokens` soft tokens in front of the prompt, trained jointly with a fresh unified LoRA.
 
 The projection's weight starts at zero, so every persona starts with the same prompt
-(its bias, sampled vocabulary embeddings) and the model with unified's start; what the
-vectors carry is learned. A persona with no training dialogues gets the mean of the
+(its bias, sampled vocabulary embeddings); what the vectors carry is learned. Each
+persona's vector is a Parameter of its own: a persona absent from a batch gets no
+gradient, so AdamW leaves its vector alone (as the group engines do). A persona with no training dialogues gets the mean of the
 trained personas' vectors, in evaluation and when served (the export's `unseen` prompt,
 the fallback when the adapter is promoted for `all`).
 
@@ -47,7 +48,7 @@ class UserEmbeddingModule(SoftPromptModule):
             raise ValueError("user_embedding: no persona has training dialogues")
         if UNSEEN in self.persona_ids:
             raise ValueError(f"user_embedding: persona id {UNSEEN!r} is the name of the unseen personas' prompt")
-        self.vectors = nn.Parameter(torch.randn(len(self.persona_ids), args.dim))
+        self.vectors = nn.ParameterList(nn.Parameter(torch.randn(args.dim)) for _ in self.persona_ids)
         self.projection = nn.Linear(args.dim, args.tokens * hidden)
         with torch.no_grad():
             self.projection.weight.zero_()
@@ -55,22 +56,28 @@ class UserEmbeddingModule(SoftPromptModule):
         self.tokens, self.hidden = args.tokens, hidden
         self.context = provided.context
 
-    def user_vectors(self) -> torch.Tensor:
-        """Each persona's vector; the trained personas' mean for one never trained."""
-        mean = self.vectors[self.trained].mean(dim=0)
-        return torch.where(self.trained[:, None], self.vectors, mean)
+    def mean_vector(self) -> torch.Tensor:
+        """What a persona never trained gets: the trained personas' mean."""
+        return torch.stack([v for v, trained in zip(self.vectors, self.trained, strict=True) if trained]).mean(0)
+
+    def user_vectors(self, persona_idx: torch.Tensor) -> torch.Tensor:
+        """[rows, dim]: each row's persona's vector (only the personas present stacked)."""
+        unique, inverse = torch.unique(persona_idx, return_inverse=True)
+        return torch.stack([self.vectors[p] if self.trained[p] else self.mean_vector() for p in unique.tolist()])[
+            inverse
+        ]
 
     def prompt_of(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.projection(vectors).view(-1, self.tokens, self.hidden)
 
     def prompts(self, batch):
-        return self.prompt_of(self.user_vectors()[batch["persona_idx"]])
+        return self.prompt_of(self.user_vectors(batch["persona_idx"]))
 
     @torch.no_grad()
     def save_adapter(self, directory) -> None:
-        vectors = self.user_vectors()
+        vectors = self.user_vectors(torch.arange(len(self.persona_ids)))
         prompts = dict(zip(self.persona_ids, self.prompt_of(vectors), strict=True))
-        prompts[UNSEEN] = self.prompt_of(vectors[self.trained].mean(dim=0, keepdim=True))[0]
+        prompts[UNSEEN] = self.prompt_of(self.mean_vector()[None])[0]
         self.export(
             directory,
             prompts,

@@ -87,22 +87,26 @@ class RoutedModel:
         ]
         self.contexts.append(ProfileContext())  # no adapter
         self.users = users or {}
-        # each entry's LoRA and soft prompt (None: none); a prompt adapter's LoRA sits beside its prompts
-        adapters, self.prompts = [], []
+        # each entry's LoRA slot and soft prompt (None: none). A prompt adapter's personas
+        # share the LoRA beside their prompts: one slot for it, not one per persona
+        lora_dirs, self.slot, self.prompts = {}, [], []
         for (model, version, adapter), manifest in zip(keys, manifests, strict=True):
             directory = adapter_dir(tracking_uri, model, version)
             prompted = manifest["kind"] == "prompt+lora"
-            adapters.append(read_adapter(directory / (manifest["lora"] if prompted else adapter))[1])
+            lora = directory / (manifest["lora"] if prompted else adapter)
+            self.slot.append(lora_dirs.setdefault(lora, len(lora_dirs)))
             self.prompts.append(read_prompt(directory / adapter) if prompted else None)
-        self.prompts.append(None)  # no adapter
+        self.slot.append(len(lora_dirs))  # no adapter: an empty slot
+        self.prompts.append(None)
+        adapters = [read_adapter(lora)[1] for lora in lora_dirs]
         if not adapters:
             raise RoutingError(f"{routing_dir}/table.json routes nobody and has no fallback")
         targets, rank = engine_shape(adapters)
-        # group len(keys): no adapter at all, for unknown personas when there is no fallback
-        self.router, layers = inject(self.model, targets, len(keys) + 1, rank, rank, 0.0)
-        for group, factors in enumerate(adapters):
-            load_group(layers, group, factors)
-        load_group(layers, len(keys), {})
+        # the last slot: no adapter at all, for unknown personas when there is no fallback
+        self.router, layers = inject(self.model, targets, len(adapters) + 1, rank, rank, 0.0)
+        for slot, factors in enumerate(adapters):
+            load_group(layers, slot, factors)
+        load_group(layers, len(adapters), {})
         self.hidden = self.model.get_input_embeddings().weight.shape[1]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
@@ -140,11 +144,11 @@ class RoutedModel:
         ]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
-            self.router.route(torch.tensor([groups[i] for i in index], device=self.device))
+            self.router.route(torch.tensor([self.slot[groups[i]] for i in index], device=self.device))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             if any(self.prompts[groups[i]] is not None for i in index):
-                prompts, prompt_mask = left_padded([self.prompts[groups[i]] for i in index], self.hidden)
-                batch = prepend(self.model, batch, prompts.to(self.device), prompt_mask.to(self.device))
+                soft, soft_mask = left_padded([self.prompts[groups[i]] for i in index], self.hidden)
+                batch = prepend(self.model, batch, soft.to(self.device), soft_mask.to(self.device))
             new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 replies[i] = text.strip()

@@ -205,7 +205,7 @@ def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list
         _, dialogues = load_dataset(datamodule.cfg.dir)
         train = {example["dialogue_id"] for example in datamodule.examples["train"]}
         provided.actions = {
-            row["dialogue_id"]: [a for turn in row["turns"] if turn["role"] == "assistant" for a in turn["actions"]]
+            row["dialogue_id"]: [turn["actions"] for turn in row["turns"] if turn["role"] == "assistant"]
             for row in dialogues.filter(pl.col("dialogue_id").is_in(train)).iter_rows(named=True)
         }
     if needs.persona_features is not None:

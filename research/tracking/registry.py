@@ -216,6 +216,10 @@ def promote(
         )
     served = served_personas(source)
     default = read_manifest(source).get("default")
+    if default is not None and not (source / default).is_dir():
+        raise RoutingError(
+            f"{model} version {version}: its manifest names {default!r} for unseen personas, which it lacks"
+        )
     everyone = personas == "all"
     wanted = (sorted(served) if served is not None else []) if everyone else list(personas)
     if served is not None:

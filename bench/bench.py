@@ -37,7 +37,16 @@ from research.recipes.run import ensure_data_and_base
 from research.recipes.train import build_module, make_trainer
 
 TRAIN_STEPS, EVAL_TURNS = 60, 512  # --smoke: 3, 16
-REPEATS = 2  # alternate the two sides and keep each side's best, so drift hits both
+REPEATS = 4  # each side's best of 4, the side that goes first alternating, so drift and warm-up hit both
+
+
+def best_times(sides: dict, repeats: int) -> dict[str, float]:
+    """name -> the best of `repeats` timings of its function; who goes first alternates."""
+    times = {name: [] for name in sides}
+    for r in range(repeats):
+        for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
+            times[name].append(sides[name]())
+    return {name: min(values) for name, values in times.items()}
 
 
 def lora_module(cfg, datamodule):
@@ -143,14 +152,17 @@ def retrieval_vs_unified(cfg, overrides: list[str], datamodule, unified, tmp: Pa
         for r in assign_splits(dialogues, cfg.data.val_fraction, cfg.data.test_fraction).iter_rows(named=True)
         if r["dialogue_id"] in bench_ids
     ]
-    times = {"retrieval": [], "unified": []}
-    for _ in range(repeats):
-        times["retrieval"].append(built_prompts(with_context, rows, users) + project_eval(cfg, with_context, retrieval))
-        times["unified"].append(built_prompts(datamodule, rows, users) + project_eval(cfg, datamodule, unified))
+    best = best_times(
+        {
+            "retrieval": lambda: built_prompts(with_context, rows, users) + project_eval(cfg, with_context, retrieval),
+            "unified": lambda: built_prompts(datamodule, rows, users) + project_eval(cfg, datamodule, unified),
+        },
+        repeats,
+    )
     return {
-        "retrieval_eval_s": min(times["retrieval"]),
-        "unified_eval_s": min(times["unified"]),
-        "retrieval_eval_vs_unified": min(times["retrieval"]) / min(times["unified"]),
+        "retrieval_eval_s": best["retrieval"],
+        "unified_eval_s": best["unified"],
+        "retrieval_eval_vs_unified": best["retrieval"] / best["unified"],
     }
 
 
@@ -165,10 +177,13 @@ def main() -> None:
     datamodule.setup()
     tokens = tokens_in(b for _, b in zip(range(steps), datamodule.train_dataloader(), strict=False))
 
-    train_times = {"lightning": [], "plain": []}
-    for _ in range(repeats):
-        train_times["lightning"].append(lightning_train(cfg, datamodule, steps))
-        train_times["plain"].append(plain_train(cfg, datamodule, steps))
+    train = best_times(
+        {
+            "lightning": lambda: lightning_train(cfg, datamodule, steps),
+            "plain": lambda: plain_train(cfg, datamodule, steps),
+        },
+        repeats,
+    )
 
     # the first `eval_turns` val turns, as a split of their own so both sides see the same prompts
     val = datamodule.examples["val"]
@@ -177,16 +192,19 @@ def main() -> None:
     ]
     n_turns = datamodule.eval_turns("bench").height
     module = lora_module(cfg, datamodule)
-    eval_times = {"project": [], "plain": []}
-    for _ in range(repeats):
-        eval_times["project"].append(project_eval(cfg, datamodule, module))
-        eval_times["plain"].append(plain_eval(cfg, datamodule, module))
+    evaluation = best_times(
+        {
+            "project": lambda: project_eval(cfg, datamodule, module),
+            "plain": lambda: plain_eval(cfg, datamodule, module),
+        },
+        repeats,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         retrieval = retrieval_vs_unified(cfg, args.overrides, datamodule, module, Path(tmp), repeats)
 
-    lightning_s, plain_s = min(train_times["lightning"]), min(train_times["plain"])
-    project_s, plain_eval_s = min(eval_times["project"]), min(eval_times["plain"])
+    lightning_s, plain_s = train["lightning"], train["plain"]
+    project_s, plain_eval_s = evaluation["project"], evaluation["plain"]
     results = {
         "train_tokens_per_s_lightning": tokens / lightning_s,
         "train_tokens_per_s_plain_loop": tokens / plain_s,

@@ -18,6 +18,7 @@ FIGURES = {
         "train_tokens_per_s_lightning",
         "eval_turns_per_s",
         "retrieval_eval_vs_unified",
+        "retrieval_settings_eval_vs_unified",
     },
     "many_adapters.py": {
         "per_persona_train_vs_unified",

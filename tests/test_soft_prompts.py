@@ -11,6 +11,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from research.config import ConfigError
 from research.data.schema import load_dataset
 from research.datamodules.persona import chat_ids, prompt_batches
 from research.datamodules.prompts import conversation, system_text
@@ -174,3 +175,12 @@ def test_prompt_cluster_learns_one_prompt_per_cluster(source_runs):
     assert len(set(groups.values())) == 2 and len(groups) == 6
     hidden = read_prompt(adapter / next(iter(groups.values()))).shape[1]
     assert mlflow.get_run(result.run_id).data.metrics["params/trainable"] == 2 * 2 * hidden
+
+
+def test_selective_routing_refuses_a_prompt_candidate(prompt_persona_run, source_runs):
+    """It routes between LoRA weights; a learned-prompt run's prompts would be lost."""
+    _, _, result = prompt_persona_run
+    experiment, _ = source_runs
+    routing = load_config(None, [*experiment, f"method_args.candidate_runs={result.run_id}"], "selective_routing")
+    with pytest.raises(ConfigError, match=r"adapter kind 'prompt\+lora'"):
+        train_and_evaluate(routing)

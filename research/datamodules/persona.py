@@ -3,9 +3,11 @@
 Dialogues are rendered with the tokenizer's chat template (context in the system
 turn), trained with the loss on assistant tokens only, and evaluated turn by turn
 (the dialogue history up to an assistant turn is the prompt). Every batch carries
-the persona index and dialogue ids (training and val batches); methods that own an adapter per group pass `group_of` and get
-`group_idx` too. Tokenized data is cached under `cache_dir`, keyed by the dataset,
-the tokenizer and the settings that change tokens.
+the persona index and dialogue ids (training and val batches); methods that own an
+adapter per group pass `group_of` and get `group_idx` too. A method may add reworded
+copies of the training dialogues (`augment`, marked `augmented`). Tokenized data is
+cached under `cache_dir`, keyed by the dataset, the tokenizer and the settings that
+change tokens.
 """
 
 from __future__ import annotations

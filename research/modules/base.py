@@ -106,11 +106,10 @@ def source_fields(config_class, args=None) -> dict[str, str]:
     """Config field -> the method its runs must be ("*": any), from field metadata. A field
     whose metadata has `used_when` (a bool field's name) is a source only when `args` has
     that field true."""
-    return {
-        f.name: f.metadata["source_method"]
-        for f in dataclasses.fields(config_class)
-        if "source_method" in f.metadata and (args is None or getattr(args, f.metadata.get("used_when", ""), True))
-    }
+    fields = [f for f in dataclasses.fields(config_class) if "source_method" in f.metadata]
+    if args is not None:
+        fields = [f for f in fields if "used_when" not in f.metadata or getattr(args, f.metadata["used_when"])]
+    return {f.name: f.metadata["source_method"] for f in fields}
 
 
 @torch.no_grad()

@@ -11,8 +11,8 @@ over what the model has read before that reply starts (system turn, user turns, 
 replies' template tokens; no reply token, so a reply that states its settings never
 feeds a head), and predict that reply's recorded actions. With the user's name in the
 system turn, the persona head can read it from there. Targets come from the training
-dialogues only; val/loss stays the LM loss, so early stopping watches generation. Only the generation path is used at inference: the heads
-are not exported (the adapter is plain LoRA).
+dialogues only; val/loss stays the LM loss, so early stopping watches generation. Only
+the generation path is used at inference: the heads are not exported (plain LoRA).
 """
 
 from dataclasses import dataclass

@@ -41,6 +41,13 @@ def sample_vocab_init(model: nn.Module, length: int) -> torch.Tensor:
     return weight[torch.randint(weight.shape[0], (length,))].detach().float().clone()
 
 
+def per_row(index: torch.Tensor, item) -> torch.Tensor:
+    """[rows, ...]: `item(i)` for each row's index i, each distinct i computed once (only
+    what the batch holds enters the graph)."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    return torch.stack([item(i) for i in unique.tolist()])[inverse]
+
+
 class PromptTable(nn.Module):
     """One [length, hidden] prompt per group. Each is a Parameter of its own: a group absent
     from a batch gets no gradient, so AdamW leaves it alone (as the LoRA group engine does)."""
@@ -50,9 +57,8 @@ class PromptTable(nn.Module):
         self.prompts = nn.ParameterList(nn.Parameter(init.clone()) for _ in range(groups))
 
     def forward(self, group_idx: torch.Tensor) -> torch.Tensor:
-        """[rows, length, hidden]: each row's group's prompt (only the groups present stacked)."""
-        unique, inverse = torch.unique(group_idx, return_inverse=True)
-        return torch.stack([self.prompts[g] for g in unique.tolist()])[inverse]
+        """[rows, length, hidden]: each row's group's prompt."""
+        return per_row(group_idx, lambda g: self.prompts[g])
 
 
 def prepend(model: nn.Module, batch: dict, prompts: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> dict:

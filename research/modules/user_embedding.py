@@ -4,9 +4,10 @@
 The projection's weight starts at zero, so every persona starts with the same prompt
 (its bias, sampled vocabulary embeddings); what the vectors carry is learned. Each
 persona's vector is a Parameter of its own: a persona absent from a batch gets no
-gradient, so AdamW leaves its vector alone (as the group engines do). A persona with no training dialogues gets the mean of the
-trained personas' vectors, in evaluation and when served (the export's `unseen` prompt,
-the fallback when the adapter is promoted for `all`).
+gradient, so AdamW leaves its vector alone (as the group engines do). A persona with no
+training dialogues gets the mean of the trained personas' vectors, in evaluation and
+when served (the export's `_unseen` prompt, the fallback when the adapter is promoted
+for `all`).
 
 Exported as kind "prompt+lora": each persona's prompt materialised in PEFT's
 prompt-tuning format, plus `user_embedding.safetensors` (the vectors, in the manifest's
@@ -21,7 +22,7 @@ from peft import get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
-from research.modules.soft_prompts import SoftPromptModule, sample_vocab_init
+from research.modules.soft_prompts import SoftPromptModule, per_row, sample_vocab_init
 from research.modules.unified_lora import UnifiedLoraConfig
 
 UNSEEN = "_unseen"  # the export's prompt for unseen personas (a persona may not take this name)
@@ -61,11 +62,8 @@ class UserEmbeddingModule(SoftPromptModule):
         return torch.stack([v for v, trained in zip(self.vectors, self.trained, strict=True) if trained]).mean(0)
 
     def user_vectors(self, persona_idx: torch.Tensor) -> torch.Tensor:
-        """[rows, dim]: each row's persona's vector (only the personas present stacked)."""
-        unique, inverse = torch.unique(persona_idx, return_inverse=True)
-        return torch.stack([self.vectors[p] if self.trained[p] else self.mean_vector() for p in unique.tolist()])[
-            inverse
-        ]
+        """[rows, dim]: each row's persona's vector."""
+        return per_row(persona_idx, lambda p: self.vectors[p] if self.trained[p] else self.mean_vector())
 
     def prompt_of(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.projection(vectors).view(-1, self.tokens, self.hidden)

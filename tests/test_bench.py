@@ -14,6 +14,7 @@ BENCH = Path(__file__).parents[1] / "bench"
 FIGURES = {
     "bench.py": {
         "train_vs_plain_loop",
+        "train_eager_vs_sdpa",
         "eval_vs_plain_loop",
         "train_tokens_per_s_lightning",
         "eval_turns_per_s",

@@ -130,6 +130,22 @@ def greedy_generate(model, tokenizer, batch: dict, max_new_tokens: int) -> torch
     return out[:, batch["input_ids"].shape[1] :] if "input_ids" in prompt else out
 
 
+def fit_attention(setting: str, device: torch.device) -> str | None:
+    """The attention kernel to fit with (None: keep the loaded one); see TrainConfig.attention."""
+    if setting == "auto":
+        return "eager" if device.type == "cpu" else None
+    return setting
+
+
+def set_attention(model, implementation: str | None) -> str:
+    """Switch `model`'s attention kernel (a PEFT wrapper passes it to its base) when
+    `implementation` is given; returns the one it had."""
+    current = model.config._attn_implementation
+    if implementation and implementation != current:
+        model.set_attn_implementation(implementation)
+    return current
+
+
 class AdaptationModule(L.LightningModule):
     config_class: type  # the method's own config dataclass (its `method_args`)
     trainable = True  # False: evaluate the model as built, no fit
@@ -151,6 +167,10 @@ class AdaptationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.train()  # from_pretrained leaves the model in eval mode: no dropout otherwise
+        self._loaded_attention = set_attention(self.model, fit_attention(self.train_cfg.attention, self.device))
+
+    def on_fit_end(self) -> None:
+        set_attention(self.model, self._loaded_attention)
 
     def model_step(self, batch: dict) -> torch.Tensor:
         return self.model(

@@ -32,6 +32,7 @@ from bench import lightning_train, lora_module, tokens_in  # bench/ is on the pa
 from research.datamodules.persona import PersonaDataModule
 from research.evaluation.generation import autocast
 from research.models.base import load_base
+from research.modules.base import fit_attention, set_attention
 from research.recipes.experiment import load_config
 from research.recipes.run import ensure_data_and_base
 
@@ -70,8 +71,10 @@ def flops_per_token(module, context: int) -> float:
     return 4 * base + 6 * lora + attention
 
 
-def profile_step(module, datamodule, precision: str) -> dict[str, float]:
+def profile_step(module, datamodule, precision: str, attention: str) -> dict[str, float]:
+    """CPU time by kind of op in one step, as a fit runs it (its attention kernel)."""
     model = module.model.train()
+    set_attention(model, fit_attention(attention, torch.device("cpu")))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = iter(datamodule.train_dataloader())
     next(batches)  # the first batch pays for worker start-up
@@ -132,7 +135,7 @@ def measure(overrides: list[str], steps: int, methods: tuple[str, ...], prefix: 
         results[f"{prefix}{method}_model_gflops_per_token"] = per_token / 1e9
         results[f"{prefix}{method}_mfu"] = per_token * tokens / seconds / (peak * 1e9)
         if method == "unified_lora" and not prefix:
-            results |= profile_step(module, datamodule, cfg.train.precision)
+            results |= profile_step(module, datamodule, cfg.train.precision, cfg.train.attention)
     return results
 
 

@@ -35,3 +35,28 @@ def test_set_attention_switches_a_peft_model_and_gives_back_the_loaded_kernel():
     assert model.config._attn_implementation == loaded
     # the same attention in fp32, either kernel
     torch.testing.assert_close(before, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_a_fit_runs_eager_on_cpu_and_generates_with_the_loaded_kernel(experiment):
+    import lightning.pytorch as L
+
+    from research.datamodules.persona import PersonaDataModule
+    from research.recipes.experiment import load_config
+    from research.recipes.train import base_copy, build_module, make_trainer
+
+    cfg = load_config(None, experiment, "unified_lora")
+    tokenizer, model = base_copy(cfg.base_model)
+    datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = build_module(cfg, model, tokenizer, datamodule)[0]
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.model.config._attn_implementation)
+
+    trainer = make_trainer(cfg, max_steps=2, limit_val_batches=0, enable_progress_bar=False, callbacks=[Spy()])
+    trainer.fit(module, datamodule=datamodule)
+    assert seen == ["eager", "eager"]
+    assert module.model.config._attn_implementation == "sdpa"

@@ -52,7 +52,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     splits: tuple[str, ...] = ("val", "test")
-    batch_size: int = 64
+    # prompts per generation batch; measured here on the test split: 128 takes 9.1-9.5 s, 64 11.5-13.9 s, 256 9.8 s
+    batch_size: int = 128
     max_new_tokens: int = 64
     embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
 

@@ -127,7 +127,7 @@ class RoutedModel:
         context.remember(persona_id, user_text, reply, settings)
         return True
 
-    def answer(self, requests: list[dict], batch_size: int = 64) -> list[str]:
+    def answer(self, requests: list[dict], batch_size: int = 128) -> list[str]:
         """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
         unknown = sorted({r["persona_id"] for r in requests} - self.group_of.keys())
         if unknown:

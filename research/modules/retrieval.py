@@ -62,6 +62,11 @@ class Exchange:
     row: int  # into the index's embedding matrix
 
 
+def past_splits(history: str) -> set[str]:
+    """The splits a test-time prompt may retrieve from (evaluation and the history saved for serving)."""
+    return {"train", "val"} if history == "train+val" else {"train"}
+
+
 class HistoryIndex:
     """Every user turn of a dataset embedded once (cached beside the token cache), and each
     persona's exchanges in time order."""
@@ -112,7 +117,7 @@ class HistoryIndex:
         exchanges = self.exchanges.get(persona, [])
         if split == "train":
             return [e for e in exchanges if e.split == "train" and e.dialogue_id != dialogue_id]
-        allowed = {"train", "val"} if split == "test" and history == "train+val" else {"train"}
+        allowed = past_splits(history) if split == "test" else {"train"}
         first = next(e.order for e in exchanges if e.dialogue_id == dialogue_id)
         return [e for e in exchanges if e.split in allowed and e.order < first]
 
@@ -199,7 +204,7 @@ class RetrievalModule(AdaptationModule):
         self.model.save_pretrained(directory)
         write_manifest(directory, self.adapter_kind, context=self.context.spec())
         # what a served test-time prompt may retrieve from: each persona's history as evaluated
-        allowed = {"train", "val"} if self.args.history == "train+val" else {"train"}
+        allowed = past_splits(self.args.history)
         with open(Path(directory) / HISTORY_FILE, "w") as file:
             for persona, exchanges in sorted(self.context.index.exchanges.items()):
                 for e in exchanges:

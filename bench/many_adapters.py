@@ -8,6 +8,9 @@
   unified adapter (`per_persona_eval_vs_unified`, target <= 1.5); both sides hold
   freshly initialised adapters (B = 0), so they generate the very same tokens and the
   ratio is the adapter path's cost alone;
+- training one epoch of every persona's learned prompt in one job (`prompt_persona`, the
+  soft-prompt engine, on a frozen unified LoRA) versus one unified LoRA
+  (`prompt_persona_train_vs_unified`, target <= 1.3);
 - peak resident memory of each training side (`*_peak_rss_mb`).
 
 Each measurement runs in a fresh process (so peak memory is its own); sides alternate.
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from record import arguments, record  # bench/ is on the path when a script here runs
 
@@ -42,7 +47,17 @@ def _setup(overrides, method):
     datamodule = PersonaDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup()
-    return cfg, datamodule, build_module(cfg, model, tokenizer, datamodule)[0]
+    if not hasattr(cfg.method_args, "unified_run"):
+        return cfg, datamodule, build_module(cfg, model, tokenizer, datamodule)[0]
+    # a method on the frozen unified model: a freshly initialised unified adapter to build on
+    from research.modules.base import Source
+
+    unified_cfg = load_config(None, [*overrides, "train.max_epochs=1"], "unified_lora")
+    unified = build_module(unified_cfg, load_base(cfg.base_model)[1], tokenizer, datamodule)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        unified.save_adapter(Path(tmp, "adapter"))
+        sources = {"unified_run": [Source("bench", "unified_lora", Path(tmp))]}
+        return cfg, datamodule, build_module(cfg, model, tokenizer, datamodule, sources)[0]
 
 
 def _peak_mb() -> float:
@@ -105,16 +120,18 @@ def main() -> None:
     overrides = args.overrides
     naive_sample, repeats = (2, 1) if args.smoke else (NAIVE_SAMPLE, REPEATS)
     ensure_data_and_base(load_config(None, overrides, "unified_lora"))
-    train = {"unified_lora": [], "per_persona_lora": []}
+    train = {"unified_lora": [], "per_persona_lora": [], "prompt_persona": []}
     evaluate = {"unified_lora": [], "per_persona_lora": []}
     for _ in range(repeats):
         for method in train:
             train[method].append(in_fresh_process(train_epoch, overrides, method))
-            evaluate[method].append(in_fresh_process(generate_test, overrides, method))
+            if method in evaluate:
+                evaluate[method].append(in_fresh_process(generate_test, overrides, method))
     naive_s, personas = in_fresh_process(naive_train, overrides, naive_sample)
 
     unified_s = min(s for s, _ in train["unified_lora"])
     per_persona_s = min(s for s, _ in train["per_persona_lora"])
+    prompt_persona_s = min(s for s, _ in train["prompt_persona"])
     naive_all_s = naive_s / naive_sample * personas
     unified_eval_s = min(s for s, _ in evaluate["unified_lora"])
     per_persona_eval_s = min(s for s, _ in evaluate["per_persona_lora"])
@@ -124,19 +141,24 @@ def main() -> None:
         "per_persona_train_epoch_s": per_persona_s,
         "naive_per_persona_train_epoch_s": naive_all_s,
         "per_persona_train_vs_unified": per_persona_s / unified_s,
+        "prompt_persona_train_epoch_s": prompt_persona_s,
+        "prompt_persona_train_vs_unified": prompt_persona_s / unified_s,
         "naive_per_persona_train_vs_unified": naive_all_s / unified_s,
         "unified_eval_test_s": unified_eval_s,
         "per_persona_eval_test_s": per_persona_eval_s,
         "per_persona_eval_vs_unified": per_persona_eval_s / unified_eval_s,
         "unified_train_peak_rss_mb": max(m for _, m in train["unified_lora"]),
         "per_persona_train_peak_rss_mb": max(m for _, m in train["per_persona_lora"]),
+        "prompt_persona_train_peak_rss_mb": max(m for _, m in train["prompt_persona"]),
     }
     print(f"training one epoch, {personas} personas:")
     print(f"  unified LoRA (one adapter)          {unified_s:8.1f} s")
     print(f"  per-persona, group engine (1 loop)  {per_persona_s:8.1f} s")
     print(f"  per-persona, naive ({naive_sample} timed, scaled) {naive_all_s:8.1f} s")
+    print(f"  learned prompt per persona (1 loop) {prompt_persona_s:8.1f} s")
     print(f"  per_persona_train_vs_unified       = {results['per_persona_train_vs_unified']:.3f} (target <= 1.3)")
     print(f"  naive_per_persona_train_vs_unified = {results['naive_per_persona_train_vs_unified']:.2f}")
+    print(f"  prompt_persona_train_vs_unified    = {results['prompt_persona_train_vs_unified']:.3f} (target <= 1.3)")
     print(f"generating the test split ({turns} turns), mixed-adapter batches:")
     print(f"  unified {unified_eval_s:.1f} s, per-persona {per_persona_eval_s:.1f} s")
     print(f"  per_persona_eval_vs_unified        = {results['per_persona_eval_vs_unified']:.3f} (target <= 1.5)")

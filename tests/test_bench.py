@@ -26,6 +26,7 @@ FIGURES = {
         "per_persona_eval_vs_unified",
         "naive_per_persona_train_vs_unified",
         "per_persona_train_peak_rss_mb",
+        "prompt_persona_train_vs_unified",
     },
     "sweep_overhead.py": {"sweep_first_trial_overhead_fraction", "sweep_trial_overhead_fraction"},
     "mfu.py": {"peak_gflops_bf16", "unified_lora_mfu", "per_persona_lora_mfu", "profile_matmul_share"},

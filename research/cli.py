@@ -59,8 +59,10 @@ def cmd_data_import(args) -> None:
 
 
 def cmd_base(args) -> None:
-    from research.models.base import BaseConfig, pretrain_from_dataset
+    from research.models.base import BaseConfig
     from research.models.gguf import PRESETS, convert_gguf, install_preset
+    from research.recipes.base import against_shipped, pretrain_base
+    from research.recipes.tables import print_probe
 
     if args.from_preset:
         if args.from_preset not in PRESETS:
@@ -72,24 +74,21 @@ def cmd_base(args) -> None:
             f"({stats['seconds']:.0f} s); use it with base_model={out}"
         )
         return
-    stats = pretrain_from_dataset(args.data, args.out, _dataclass_overrides(BaseConfig, args.overrides))
+    facts = pretrain_base(args.data, args.out, _dataclass_overrides(BaseConfig, args.overrides))
+    print_probe(facts["probe"], args.out)
     print(
-        f"base model in {args.out}: {stats['parameters'] / 1e6:.1f}M parameters, "
-        f"final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
+        f"base model in {args.out}: {facts['parameters'] / 1e6:.1f}M parameters, final loss "
+        f"{facts['pretraining']['final_loss']:.3f}, {facts['pretraining']['seconds'] / 60:.1f} min; its card: "
+        f"{args.out}/README.md\n{against_shipped(facts)}"
     )
-    _print_probe(args.out)
 
 
-def _print_probe(base: str, speakers: int = 150) -> None:
+def cmd_probe(args) -> None:
     from research.evaluation.probe import copy_probe
     from research.models.base import load_base
     from research.recipes.tables import print_probe
 
-    print_probe(copy_probe(*load_base(base), speakers=speakers), base)
-
-
-def cmd_probe(args) -> None:
-    _print_probe(args.base, args.speakers)
+    print_probe(copy_probe(*load_base(args.base), speakers=args.speakers), args.base)
 
 
 def cmd_train(args) -> None:

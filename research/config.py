@@ -20,13 +20,20 @@ class ConfigError(ValueError):
     """A config key or value that is not allowed; the message says what is."""
 
 
+# What the instrument tells the model in every system turn (research/datamodules/prompts.py):
+# nothing; the persona's raw preferences (the context arithmetic is left to the model); or the
+# settings the dialogue's replies make, resolved for its context (reading alone: a perfect reader
+# scores 1.0)
+Oracle = Literal["none", "preferences", "resolved"]
+
+
 @dataclass
 class DataConfig:
     dir: str = "data/personas"  # a dataset directory (research data generate, or your own)
     val_fraction: float = 1 / 6  # per persona, time-ordered: 30 dialogues -> 20/5/5
     test_fraction: float = 1 / 6
     user_name: bool = True  # the account holder's name in the system turn, as a real assistant knows it
-    oracle_preferences: bool = False  # ablation: the persona's true preferences in the system turn
+    oracle: Oracle = "none"  # the instrument: "preferences" or "resolved" in the system turn (see Oracle)
     max_length: int = 256  # tokens per dialogue
     cache_dir: str = "data/cache"  # tokenized data, reused across runs
 
@@ -38,7 +45,10 @@ class TrainConfig:
     batch_size: int = 8
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
+    # float32 by default: bf16 rounds differently on CPUs with AMX, with avx512_bf16 and without
+    # either (the same fit gave other metrics on another machine), and a CPU without bf16 units
+    # multiplies bf16 ~50x slower than float32. On a GPU, bf16-mixed is the fast choice.
+    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "32-true"
     monitor: str = "val/loss"  # early stopping and best-weights metric (another val/ metric is generated per epoch)
     monitor_mode: Literal["auto", "min", "max"] = "auto"  # auto: min for a loss, max for any other metric
     patience: int = 1  # epochs without improvement before stopping

@@ -52,7 +52,6 @@ def overrides(data_root, base_dir, store) -> list[str]:
         f"tracking.artifacts={store / 'artifacts'}",
         "train.max_epochs=1",
         "train.batch_size=4",
-        "train.precision=32-true",
         "eval.max_new_tokens=16",
     ]
 

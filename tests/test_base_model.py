@@ -55,15 +55,15 @@ def test_hub_name_without_network_fails_fast(monkeypatch):
     assert time.perf_counter() - start < 10
 
 
-def test_copy_probe_scores_each_parameter_told_and_not_told(base_dir):
+def test_copy_probe_scores_each_parameter_by_what_the_system_turn_states(base_dir):
     from research.evaluation.probe import copy_probe
 
     results = copy_probe(*load_base(str(base_dir)), speakers=6, max_new_tokens=24)
-    assert set(results) == {"told", "not_told"}
+    assert set(results) == {"resolved", "preferences", "none"}
     for scores in results.values():
         assert scores["turns"] == 12 and 0.0 <= scores["param_f1"] <= 1.0
         recalls = {k: v for k, v in scores.items() if k.startswith("param_recall/")}
         assert recalls and all(0.0 <= v <= 1.0 for v in recalls.values())
         assert {k.split("/")[1].split(".")[0] for k in recalls} <= {"lights", "ac", "speaker", "tv", "lock"}
-    # the same requests and references both times: only the system turn differs
-    assert results["told"].keys() == results["not_told"].keys()
+    # the same requests and references each time: only the system turn differs
+    assert results["resolved"].keys() == results["preferences"].keys() == results["none"].keys()

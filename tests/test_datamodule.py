@@ -1,3 +1,5 @@
+import polars as pl
+
 from research.config import DataConfig
 from research.datamodules.persona import PersonaDataModule
 from research.models.base import load_base
@@ -13,8 +15,6 @@ def _datamodule(data_root, base_dir, tmp_path, **kwargs):
 
 
 def test_loss_only_on_assistant_tokens(data_root, base_dir, tmp_path):
-    import polars as pl
-
     dm, tokenizer = _datamodule(data_root, base_dir, tmp_path)
     dialogues = pl.read_parquet(data_root / "personas" / "dialogues.parquet")
     example = dm.examples["train"][0]
@@ -59,9 +59,34 @@ def test_cache_is_reused_and_keyed_by_settings(data_root, base_dir, tmp_path):
     stamp = dm.cache_path.stat().st_mtime_ns
     again, _ = _datamodule(data_root, base_dir, tmp_path)
     assert again.cache_path == dm.cache_path and again.cache_path.stat().st_mtime_ns == stamp
-    oracle, tokenizer = _datamodule(data_root, base_dir, tmp_path, oracle_preferences=True)
+    oracle, tokenizer = _datamodule(data_root, base_dir, tmp_path, oracle="preferences")
     assert oracle.cache_path != dm.cache_path
     assert "User preferences: brightness" in tokenizer.decode(oracle.examples["train"][0]["input_ids"])
+
+
+def test_a_perfect_reader_of_the_resolved_settings_scores_one(data_root, base_dir, tmp_path):
+    """data.oracle=resolved states each reply's settings; replying with exactly what the
+    system turn states (the k-th group for the k-th reply) gets every setting right."""
+    import random
+    import re
+
+    from research.data.simulator.personas import make_persona
+    from research.data.simulator.wording import render_reply
+    from research.evaluation.generation import score
+
+    dm, tokenizer = _datamodule(data_root, base_dir, tmp_path, oracle="resolved")
+    turns = dm.eval_turns("test")
+    speaker = make_persona(random.Random(0), "reader")
+    replies = []
+    for prompt, turn in zip(turns["prompt_ids"].to_list(), turns["turn"].to_list(), strict=True):
+        stated = re.search(r"Settings: (.*?)\.<\|im_end\|>", tokenizer.decode(prompt)).group(1)
+        groups = [] if stated == "none" else stated.split("; then ")
+        # a follow-up that sets nothing ("thanks") has no group: the reader answers without settings
+        group = groups[turn] if turn < len(groups) else ""
+        actions = [tuple(setting.split(" ", 2)) for setting in group.split(", ") if setting]
+        replies.append(render_reply(random.Random(turn), speaker, actions))
+    _, _, overall = score(turns.drop("prompt_ids").with_columns(prediction=pl.Series(replies)))
+    assert overall["param_f1"] == 1.0 and overall["numerical_precision"] == 1.0
 
 
 def _old_system_text(dialogue: dict) -> str:
@@ -107,9 +132,6 @@ class _TurnContext:
 
 
 def test_a_context_provider_shapes_training_and_each_eval_prompt_and_keys_the_cache(data_root, base_dir, tmp_path):
-    from research.config import DataConfig
-    from research.datamodules.persona import PersonaDataModule
-
     tokenizer, _ = load_base(str(base_dir))
     cfg = DataConfig(dir=str(data_root / "personas"), cache_dir=str(tmp_path / "cache"))
     default = PersonaDataModule(cfg, tokenizer)

@@ -6,6 +6,7 @@ import shutil
 from types import SimpleNamespace
 
 import polars as pl
+import pytest
 import torch
 
 from research.data.schema import load_dataset
@@ -19,12 +20,12 @@ ANCHORS = {"true_preferences": {"param_f1": 1.0, "numerical_precision": 1.0}, "m
 def test_the_verdict_names_each_metric_below_the_bar_and_passes_a_model_that_reads_its_prompt():
     told_badly = {"test/param_f1": 0.40, "test/numerical_precision": 0.95}
     [warning] = instrument_warnings(told_badly, ANCHORS)
-    assert warning.startswith("param_f1 0.400 told the true preferences, against 1.000")
+    assert warning.startswith("param_f1 0.400 told the resolved settings, against 1.000")
     assert instrument_warnings({"test/param_f1": 0.93, "test/numerical_precision": 0.91}, ANCHORS) == []
     assert "unchecked" in instrument_warnings(told_badly, None)[0]
 
 
-def test_anchors_scored_with_other_metrics_are_flagged_and_re_scored(data_root, tmp_path):
+def test_anchors_scored_with_other_metrics_are_flagged_and_re_scored(data_root, base_dir, tmp_path):
     stale = {**ANCHORS, "metrics_version": METRICS_VERSION - 1}
     assert "regenerate the dataset" in instrument_warnings({"test/param_f1": 1.0}, stale)[0]
     shutil.copytree(data_root, tmp_path / "data")
@@ -32,24 +33,41 @@ def test_anchors_scored_with_other_metrics_are_flagged_and_re_scored(data_root, 
     meta = json.loads(meta_path.read_text())
     meta["oracle_headroom"]["metrics_version"] = METRICS_VERSION - 1
     meta_path.write_text(json.dumps(meta))
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text("{}")  # a base is present: only the data is checked
     rows = (tmp_path / "data" / "personas" / "dialogues.parquet").read_bytes()
-    ensure_data_and_base(SimpleNamespace(data=SimpleNamespace(dir=str(meta_path.parent)), base_model=tmp_path / "base"))
+    ensure_data_and_base(SimpleNamespace(data=SimpleNamespace(dir=str(meta_path.parent)), base_model=str(base_dir)))
     assert json.loads(meta_path.read_text())["oracle_headroom"]["metrics_version"] == METRICS_VERSION
     assert (tmp_path / "data" / "personas" / "dialogues.parquet").read_bytes() == rows  # same rows, new anchors
+
+
+def test_a_base_whose_files_differ_from_its_card_is_refused_before_anything_runs(base_dir, tmp_path):
+    from research.config import ConfigError
+    from research.models.base import base_fingerprint, check_base, write_card
+
+    copy = tmp_path / "base"
+    shutil.copytree(base_dir, copy)
+    facts = {"fingerprint": base_fingerprint(str(copy)), "parameters": 1, "recipe": {}, "data": {"fingerprint": "d"}}
+    write_card(copy, facts | {"pretraining": {"seconds": 1, "machine": "m", "threads": 2, "torch": "t"}})
+    check_base(str(copy))  # as pretrained: accepted
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("64", "65"))
+    with pytest.raises(ConfigError, match=r"its files hash to \w+, its card .* says"):
+        check_base(str(copy))
+    with pytest.raises(FileNotFoundError, match="not a local directory"):
+        check_base(str(tmp_path / "missing"))
 
 
 def test_pretraining_shows_names_settings_and_only_earlier_exchanges_of_the_same_speaker(data_root):
     personas, dialogues = load_dataset(data_root / "neutral")
     everything = pretraining_conversations(personas, dialogues, BaseConfig(p_name=1, p_preferences=1, p_history=1))
     nothing = pretraining_conversations(personas, dialogues, BaseConfig(p_name=0, p_preferences=0, p_history=0))
+    resolved = pretraining_conversations(personas, dialogues, BaseConfig(p_resolved=1, p_preferences=0))
     ordered = dialogues.sort("persona_id", "timestamp").iter_rows(named=True)
     names = dict(zip(personas["persona_id"], personas["name"], strict=True))
     seen: dict[str, list[str]] = {}  # persona -> its exchanges so far, oldest first
-    for row, told, plain in zip(ordered, everything, nothing, strict=True):
+    for row, told, plain, settings in zip(ordered, everything, nothing, resolved, strict=True):
         system = told[0]["content"]
         assert f"User: {names[row['persona_id']]}." in system and "User preferences: brightness" in system
+        first = ", ".join(f"{a['device']} {a['parameter']} {a['value']}" for a in row["turns"][1]["actions"])
+        assert f"Settings: {first}" in settings[0]["content"] and "User preferences" not in settings[0]["content"]
         assert plain[0]["content"].startswith("Context:") and "User" not in plain[0]["content"]
         earlier = seen.setdefault(row["persona_id"], [])
         if earlier:  # every quoted exchange is one of this speaker's earlier (request => reply)

@@ -7,14 +7,16 @@ import mlflow
 
 from research.recipes.experiment import load_config
 from research.recipes.report import build_report
-from research.recipes.run import INSTRUMENT_TAG
+from research.recipes.run import INSTRUMENT_ROWS
 from research.recipes.train import train_and_evaluate, train_over_seeds
 
 
 def test_report_shows_methods_against_unified_beside_anchors_and_instrument(source_runs, tmp_path):
     experiment, runs = source_runs
-    told = load_config(None, [*experiment, "data.oracle_preferences=true"], "unified_lora")
-    told_run = train_and_evaluate(told, tags=INSTRUMENT_TAG, run_name="unified_lora told preferences").run_id
+    told_runs = {}
+    for oracle, (tag, name) in INSTRUMENT_ROWS.items():
+        told = load_config(None, [*experiment, f"data.oracle={oracle}"], "unified_lora")
+        told_runs[name] = train_and_evaluate(told, tags={"instrument": tag}, run_name=name).run_id
     cfg = load_config(None, experiment, "unified_lora")
     started = time.perf_counter()
     page = build_report(cfg.tracking, [], "param_f1", tmp_path / "reports")
@@ -22,7 +24,7 @@ def test_report_shows_methods_against_unified_beside_anchors_and_instrument(sour
     text = (tmp_path / "reports" / "report.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")}
     assert {"simulator anchor: true preferences", "simulator anchor: population average", "unified_lora"} <= rows
-    assert "**instrument**: unified_lora told preferences" in rows
+    assert {"**instrument**: unified_lora told resolved", "**instrument**: unified_lora told preferences"} <= rows
     assert f"per_persona_lora ({runs['per_persona_lora'][:8]})" in rows
     per_persona_row = next(line for line in text.splitlines() if line.startswith("| per_persona_lora"))
     assert "clears the bar" in per_persona_row or "misses:" in per_persona_row
@@ -30,9 +32,11 @@ def test_report_shows_methods_against_unified_beside_anchors_and_instrument(sour
     assert html.count("<table>") == 1 and html.count("data:image/png;base64,") == 3
     client = mlflow.tracking.MlflowClient(cfg.tracking.uri)
     [report] = client.search_runs(
-        [client.get_run(told_run).info.experiment_id], "tags.report = 'true'", order_by=["attributes.start_time DESC"]
+        [client.get_run(told_runs["unified_lora told resolved"]).info.experiment_id],
+        "tags.report = 'true'",
+        order_by=["attributes.start_time DESC"],
     )
-    assert report.data.tags["report.unified_lora told preferences"] == told_run
+    assert all(report.data.tags[f"report.{name}"] == run_id for name, run_id in told_runs.items())
     assert {a.path for a in client.list_artifacts(report.info.run_id, "report")} >= {
         "report/report.html",
         "report/report.md",

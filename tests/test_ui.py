@@ -27,10 +27,8 @@ def test_run_names_say_what_differs_from_the_method_defaults():
     from research.recipes.train import describe
 
     assert describe(load_config(None, [], "unified_lora")) == "unified_lora"
-    told = load_config(
-        None, ["data.oracle_preferences=true", "tracking.experiment=x", "data.cache_dir=/c"], "unified_lora"
-    )
-    assert describe(told) == "unified_lora data.oracle_preferences=True"  # where it is tracked is no difference
+    told = load_config(None, ["data.oracle=resolved", "tracking.experiment=x", "data.cache_dir=/c"], "unified_lora")
+    assert describe(told) == "unified_lora data.oracle=resolved"  # where it is tracked is no difference
     assert describe(load_config(None, ["base_model=/models/smollm2-135m-instruct"], "unified_lora")).endswith(
         "base_model=smollm2-135m-instruct"
     )

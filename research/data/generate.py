@@ -42,7 +42,8 @@ PROMPT_NOTE = {
     "user_name": "in the system turn by default (data.user_name=true), as a real assistant knows its account "
     "holder; the simulator's replies address the user by name in about half of the turns. Datasets made "
     "before this note had prompts without the name.",
-    "oracle_preferences": "data.oracle_preferences=true adds the persona's true preferences (the instrument)",
+    "oracle": "data.oracle=preferences adds the persona's raw preferences, data.oracle=resolved the settings "
+    "each dialogue's replies make (the instrument's two rows)",
 }
 
 

@@ -79,8 +79,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def default_context(cfg: DataConfig) -> ProfileContext:
     """The prompts `cfg` asks for: the user's name unless data.user_name=false, and the
-    true preferences with data.oracle_preferences=true."""
-    return ProfileContext(user_name=cfg.user_name, preferences=cfg.oracle_preferences)
+    instrument's oracle with data.oracle=preferences or resolved."""
+    return ProfileContext(user_name=cfg.user_name, oracle=cfg.oracle)
 
 
 class PersonaDataModule(L.LightningDataModule):

@@ -10,7 +10,8 @@ The pieces, in the order they appear:
   Context: evening, rainy, 11°C, Monday.        always: what the house's sensors know
   User: Maya.                                   the account holder's name (`user_name`)
   About the user: Maya is a gentle baker ...    the persona's description (`description`)
-  User preferences: brightness 80, ...          the oracle ablation (`preferences`)
+  User preferences: brightness 80, ...          the raw-preferences instrument (`oracle="preferences"`)
+  Settings: lights brightness 60, ...           the resolved-values instrument (`oracle="resolved"`)
   Earlier: lights on => Lights at 40%. | ...    the user's own past exchanges (`history`)
 """
 
@@ -20,6 +21,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Protocol
+
+from research.config import Oracle
 
 
 def context_line(dialogue: dict) -> str:
@@ -34,6 +37,19 @@ def preferences_line(preferences: str | dict) -> str:
     return "User preferences: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(prefs.items())) + "."
 
 
+def settings_line(turns: list[dict]) -> str:
+    """The settings each assistant turn of a dialogue makes, in turn order: 'Settings: lights
+    brightness 60, lights color warm; then lights brightness 80.' These are the values the
+    simulator's planner resolved for the dialogue's context and requests (evening dimming,
+    cold boost, a movie's -30, a follow-up's +20 ...), so copying them is always right."""
+    made = [
+        ", ".join(f"{a['device']} {a['parameter']} {a['value']}" for a in turn["actions"])
+        for turn in turns
+        if turn["role"] == "assistant" and turn["actions"]
+    ]
+    return "Settings: " + "; then ".join(made) + "." if made else "Settings: none."
+
+
 def history_line(exchanges: list[tuple[str, str]]) -> str:
     """(user text, assistant reply) pairs, oldest first."""
     return "Earlier: " + " | ".join(f"{user} => {reply}" for user, reply in exchanges)
@@ -45,7 +61,9 @@ def system_text(
     preferences: str | dict | None = None,
     history: list[tuple[str, str]] = (),
     description: str | None = None,
+    resolved: bool = False,
 ) -> str:
+    """The system turn; `resolved` states the settings `dialogue`'s replies make (settings_line)."""
     parts = [context_line(dialogue)]
     if name:
         parts.append(f"User: {name}.")
@@ -53,6 +71,8 @@ def system_text(
         parts.append(f"About the user: {description}")
     if preferences is not None:
         parts.append(preferences_line(preferences))
+    if resolved:
+        parts.append(settings_line(dialogue["turns"]))
     if history:
         parts.append(history_line(list(history)))
     return " ".join(parts)
@@ -76,21 +96,28 @@ class ContextProvider(Protocol):
 
 @dataclass(frozen=True)
 class ProfileContext:
-    """The default provider: sensors' context, the user's name, and (ablation) their
-    preferences; the same for every turn of a dialogue."""
+    """The default provider: sensors' context, the user's name and, for the instrument, an
+    oracle (`oracle`): the persona's raw preferences, or the settings the dialogue's replies
+    make (resolved values: a perfect reader scores 1.0). The same for every turn of a dialogue."""
 
     user_name: bool = True
-    preferences: bool = False
+    oracle: Oracle = "none"
     description: bool = False  # the persona's description (prefix_static)
 
     def system(self, dialogue: dict, user: dict, turn: int | None = None) -> str:
-        if self.preferences and user.get("preferences") is None:
-            raise ValueError(f"persona {user.get('persona_id')} has no preferences for data.oracle_preferences")
+        if self.oracle == "preferences" and user.get("preferences") is None:
+            raise ValueError(f"persona {user.get('persona_id')} has no preferences for data.oracle=preferences")
+        if self.oracle == "resolved" and not any(t["role"] == "assistant" for t in dialogue["turns"]):
+            raise ValueError(
+                f"dialogue {dialogue.get('dialogue_id', '(a request)')} has no recorded replies to resolve "
+                "settings from: data.oracle=resolved is for evaluation on a dataset, not for serving"
+            )
         return system_text(
             dialogue,
             name=user.get("name") if self.user_name else None,
-            preferences=user.get("preferences") if self.preferences else None,
+            preferences=user.get("preferences") if self.oracle == "preferences" else None,
             description=user.get("description") if self.description else None,
+            resolved=self.oracle == "resolved",
         )
 
     def fingerprint(self) -> str:

@@ -14,7 +14,7 @@ from research.evaluation.metrics import overall, parameter_recall, per_persona, 
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast when training used it (~1.5x faster on this CPU)."""
+    """bf16 autocast when training used it (train.precision)."""
     if precision.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

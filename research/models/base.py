@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from research.config import ConfigError
 from research.data.generate import vocabulary_lines
 from research.data.schema import load_dataset
 from research.datamodules.persona import encode_conversation
@@ -35,6 +36,9 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The default base, shipped in the repository (config: base_model); its card is base/README.md.
+# `research base` reproduces it from code into models/base.
+SHIPPED_BASE = "base"
 
 
 @dataclass
@@ -59,7 +63,11 @@ class BaseConfig:
     # told the preferences, the zero-shot base copied a name 33/40 with "assistant", 0/40 with "all"
     loss_on: Literal["all", "assistant"] = "assistant"
     p_name: float = 0.5  # share of dialogues whose system turn names the speaker
-    p_preferences: float = 0.8  # ... states the speaker's settings
+    # ... states the settings the dialogue's replies make (resolved for its context and requests,
+    # so copying a stated value is always right), or else the speaker's raw preferences (which
+    # the context arithmetic changes in most brightness and temperature replies)
+    p_resolved: float = 0.0
+    p_preferences: float = 0.8
     p_history: float = 0.3  # ... quotes 1..max_history of the speaker's earlier exchanges
     max_history: int = 3
 
@@ -132,7 +140,12 @@ def length_grouped_batches(sequences: list, batch_size: int, generator: torch.Ge
 
 def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[str], out_dir: str | Path) -> dict:
     """Tokenizer + LM on `conversations` (chat messages); `vocabulary` lines make sure
-    every word personas use has been seen, or its embedding stays noise."""
+    every word personas use has been seen, or its embedding stays noise.
+
+    In float32, not bf16 autocast: CPUs with AMX, with avx512_bf16 and without either round
+    bf16 differently (the same seed gave two different bases on two machines), and a CPU
+    without bf16 units multiplies bf16 matrices ~50x slower than float32 (1.9 against 93
+    GFLOP/s measured on an AVX2 EPYC)."""
     texts = ["".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv) for conv in conversations]
     tokenizer = train_tokenizer(texts + vocabulary, cfg.vocab_size)
     model = make_model(cfg, tokenizer)
@@ -163,8 +176,7 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
                     ids[row, : len(seq)] = torch.tensor(seq)
                     labels[row, : len(seq)] = torch.tensor(seq_labels)
                     mask[row, : len(seq)] = 1
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -185,7 +197,12 @@ def pretrain(cfg: BaseConfig, conversations: list[list[dict]], vocabulary: list[
 
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    return {"final_loss": loss_value, "seconds": time.perf_counter() - start, "parameters": model.num_parameters()}
+    return {
+        "final_loss": loss_value,
+        "seconds": time.perf_counter() - start,
+        "parameters": model.num_parameters(),
+        "tokens_per_epoch": sum(len(seq) for seq, _ in sequences),
+    }
 
 
 def check_tokenizer_round_trip(tokenizer, directory: str | Path, texts: list[str]) -> None:
@@ -207,8 +224,9 @@ def check_tokenizer_round_trip(tokenizer, directory: str | Path, texts: list[str
 
 def pretraining_conversations(personas, dialogues, cfg: BaseConfig) -> list[list[dict]]:
     """Each dialogue as chat messages, its system turn told at random what an assistant may
-    know: the speaker's name, stated settings, earlier exchanges (first request and reply
-    of their previous dialogues, oldest first), any mix of these, or nothing."""
+    know: the speaker's name, the settings of this dialogue's replies or the speaker's
+    preferences, earlier exchanges (first request and reply of their previous dialogues,
+    oldest first), any mix of these, or nothing."""
     rng = random.Random(cfg.seed)
     users = {row["persona_id"]: row for row in personas.iter_rows(named=True)}
     past: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -216,12 +234,14 @@ def pretraining_conversations(personas, dialogues, cfg: BaseConfig) -> list[list
     for row in dialogues.sort("persona_id", "timestamp").iter_rows(named=True):
         user, earlier = users[row["persona_id"]], past[row["persona_id"]]
         name = user["name"] if rng.random() < cfg.p_name else None
-        preferences = user["preferences"] if rng.random() < cfg.p_preferences else None
+        stated = rng.random()
+        resolved = stated < cfg.p_resolved
+        preferences = user["preferences"] if cfg.p_resolved <= stated < cfg.p_resolved + cfg.p_preferences else None
         history = []
         if earlier and rng.random() < cfg.p_history:
             picked = sorted(rng.sample(range(len(earlier)), min(len(earlier), rng.randint(1, cfg.max_history))))
             history = [earlier[i] for i in picked]
-        conversations.append(conversation(row, system_text(row, name, preferences, history)))
+        conversations.append(conversation(row, system_text(row, name, preferences, history, resolved=resolved)))
         earlier.append((row["turns"][0]["text"], row["turns"][1]["text"]))
     return conversations
 
@@ -258,8 +278,22 @@ def require_local(name_or_path: str, what: str = "base model") -> None:
     if not _hub_reachable():
         raise FileNotFoundError(
             f"{what} {name_or_path!r} is not a local directory, not in the Hugging Face cache, and the hub "
-            "cannot be reached from this machine. Pass a local directory (e.g. models/base from "
-            "`research base`), or download it where there is network and copy the cache here."
+            f"cannot be reached from this machine. Pass a local directory (the shipped {SHIPPED_BASE}, or one "
+            "`research base --out DIR` pretrains), or download it where there is network and copy the cache here."
+        )
+
+
+def check_base(name_or_path: str) -> None:
+    """Raise at once, with the reason, unless `name_or_path` can be loaded as a base: a local
+    directory (whose files match its card's fingerprint, when it has a card), a cached or
+    a reachable hub name."""
+    require_local(name_or_path)
+    card = read_card(name_or_path)
+    if card and (found := base_fingerprint(name_or_path)) != card["fingerprint"]:
+        raise ConfigError(
+            f"base_model={name_or_path}: its files hash to {found}, its card ({name_or_path}/{CARD}) says "
+            f"{card['fingerprint']}: they were changed or damaged (or are Git LFS pointers). Restore them "
+            f"(git checkout -- {name_or_path}) or pretrain a base of your own with `research base --out DIR`"
         )
 
 
@@ -267,7 +301,7 @@ def load_base(name_or_path: str, dtype: torch.dtype | None = None):
     """(tokenizer, model) through the Auto classes; left padding for batched generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    require_local(name_or_path)
+    check_base(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -277,7 +311,8 @@ def load_base(name_or_path: str, dtype: torch.dtype | None = None):
 
 
 def base_fingerprint(name_or_path: str) -> str:
-    """Content hash of a local model directory's config and weights; the name for a hub model."""
+    """Content hash of a local model directory's config, tokenizer and weights (not its card);
+    the name for a hub model."""
     path = Path(name_or_path)
     if not path.is_dir():
         return name_or_path
@@ -286,3 +321,60 @@ def base_fingerprint(name_or_path: str) -> str:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# A base directory's model card: YAML front matter (what `check_base` and `research base`
+# read) above the same facts for people, as on the Hugging Face hub.
+CARD = "README.md"
+
+
+def write_card(directory: str | Path, facts: dict) -> None:
+    """`facts`: fingerprint, recipe (BaseConfig), data (dir, fingerprint), parameters,
+    pretraining (seconds, machine, threads, torch) and probe (research.evaluation.probe)."""
+    import yaml
+
+    lines = [
+        "---",
+        yaml.safe_dump(facts, sort_keys=False).strip(),
+        "---",
+        "",
+        "# persona-lab tiny base",
+        "",
+        f"A {facts['parameters'] / 1e6:.1f}M-parameter Llama-architecture causal LM with its byte-level BPE "
+        f"tokenizer, pretrained by `research base` on the persona-neutral population of `research data generate` "
+        f"(dataset {facts['data']['fingerprint']}) in {facts['pretraining']['seconds'] / 60:.1f} minutes on "
+        f"{facts['pretraining']['machine']} ({facts['pretraining']['threads']} threads, torch "
+        f"{facts['pretraining']['torch']}). Fingerprint {facts['fingerprint']}.",
+        "",
+        "Recipe: " + ", ".join(f"`{k}={v}`" for k, v in facts["recipe"].items()) + ".",
+    ]
+    if facts.get("probe"):
+        probe = facts["probe"]
+        oracles = list(probe)
+        keys = ["param_f1", *sorted(k for k in probe[oracles[0]] if k.startswith("param_recall/"))]
+        lines += [
+            "",
+            f"Copy probe (`research probe`: {probe[oracles[0]]['turns']} held-out neutral requests, zero-shot), "
+            "by what the system turn states:",
+            "",
+            "| | " + " | ".join(f"told {o}" for o in oracles) + " |",
+            "| --- |" + " --- |" * len(oracles),
+            *(
+                f"| {k.removeprefix('param_recall/')} | " + " | ".join(f"{probe[o][k]:.2f}" for o in oracles) + " |"
+                for k in keys
+            ),
+        ]
+    Path(directory, CARD).write_text("\n".join(lines) + "\n")
+
+
+def read_card(directory: str | Path) -> dict | None:
+    """The facts `write_card` wrote, or None for a directory without a card (or a hub name)."""
+    import yaml
+
+    path = Path(directory, CARD)
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    if not text.startswith("---\n"):
+        return None
+    return yaml.safe_load(text[4 : text.index("\n---\n", 4)])

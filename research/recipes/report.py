@@ -1,11 +1,13 @@
 """`research report` / `make report`: the study's table from MLflow, for every method against
-unified, beside the simulator's anchors and the instrument (unified told the preferences).
+unified, beside the simulator's anchors and the instrument (unified told the resolved settings,
+and told the raw preferences).
 
 Which runs: for each method sharing unified's lineage (data, splits, prompt settings,
 base), its latest seeds parent (`research train --seeds N`: per-persona means across seeds)
 if it has one, else its latest finished run; never a sweep trial unless named; or the runs
-named. The instrument row is the latest run tagged `instrument=told_preferences` on
-the same data, splits and base (its prompt differs by design). Written as Markdown and a
+named. The instrument rows are the latest run tagged `instrument=told_resolved` and the latest
+tagged `instrument=told_preferences` on the same data, splits and base (their prompts differ
+by design). Written as Markdown and a
 self-contained HTML page under `reports/`, with plots, and logged as a `report` run.
 """
 
@@ -25,6 +27,7 @@ from research.config import TrackingConfig
 from research.evaluation.metrics import METRICS_VERSION
 from research.evaluation.statistics import compare, headroom_captured, holm, verdict
 from research.recipes.analysis import check_comparable, per_persona_table
+from research.recipes.run import INSTRUMENT_ROWS
 from research.recipes.tables import SHORT
 from research.tracking.runs import experiment_id, iter_runs
 from research.tracking.sources import LINEAGE
@@ -54,8 +57,8 @@ def _preferred(runs: list) -> list:
     return sorted(runs, key=lambda run: ("aggregate" not in run.data.tags, -run.info.start_time))
 
 
-def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], Row | None]:
-    """(unified, the other methods, the instrument) as described in the module docstring."""
+def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], list[Row]]:
+    """(unified, the other methods, the instrument's rows) as described in the module docstring."""
     finished = "attributes.status = 'FINISHED'"
     if run_ids:
         named = [client.get_run(run_id) for run_id in run_ids]
@@ -79,13 +82,16 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
         for key in LINEAGE
         if key != "prompt" and key in unified.data.tags
     )
-    told = _latest(client, experiment, f"{finished} and tags.instrument = 'told_preferences'{same_data}")
 
     def row(run, name=None) -> Row:
         table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")
         return Row(name or run.data.tags["method"], run, table)
 
-    return row(unified), [row(run) for run in others], row(told[0], "unified_lora told preferences") if told else None
+    told = []
+    for tag, name in INSTRUMENT_ROWS.values():
+        if latest := _latest(client, experiment, f"{finished} and tags.instrument = '{tag}'{same_data}"):
+            told.append(row(latest[0], name))
+    return row(unified), [row(run) for run in others], told
 
 
 def anchors(run) -> dict | None:
@@ -113,7 +119,7 @@ def _mean(row: Row, metric: str) -> float:
     return float(row.per_persona[metric].mean())
 
 
-def markdown(unified: Row, others: list[Row], told: Row | None, headroom: dict | None, metric: str) -> str:
+def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | None, metric: str) -> str:
     results = statistics(unified, others, metric)
     header = ["run", *(SHORT[m] for m in COLUMNS), "improved", "p (Holm)", "95% CI", "min / max", "headroom"]
     header += ["trainable", "fit s", "eval s", "verdict"]
@@ -147,8 +153,8 @@ def markdown(unified: Row, others: list[Row], told: Row | None, headroom: dict |
         lines.append(
             line([f"simulator anchor: {name.replace('_', ' ')}", *(f"{headroom[name][m]:.3f}" for m in COLUMNS)])
         )
-    if told:
-        lines.append(line([f"**instrument**: {told.name}", *scores(told, True), "", "", "", "", "", *cost(told.run)]))
+    for row in told:
+        lines.append(line([f"**instrument**: {row.name}", *scores(row, True), "", "", "", "", "", *cost(row.run)]))
     lines.append(line(["unified_lora", *scores(unified, False), "", "", "", "", "", *cost(unified.run)]))
     true_anchor = headroom["true_preferences"][metric] if headroom else None
     for other, result in zip(others, results, strict=True):
@@ -169,23 +175,24 @@ def markdown(unified: Row, others: list[Row], told: Row | None, headroom: dict |
             )
         )
     if told and headroom:
-        gap = headroom["true_preferences"][metric] - _mean(told, metric)
+        gaps = ", ".join(f"{row.name} {headroom['true_preferences'][metric] - _mean(row, metric):.3f}" for row in told)
         lines += [
             "",
-            f"The instrument (unified told the true preferences) stays {gap:.3f} below the true-preferences anchor "
-            f"on {metric}: a method's gain is bounded by what this base model can do with what it is given.",
+            f"Below the true-preferences anchor on {metric}, the instrument: {gaps}. Told the resolved settings, "
+            "a perfect reader reaches the anchor; told the raw preferences, the model must also do the context "
+            "arithmetic. A method's gain is bounded by what this base model can do with what it is given.",
         ]
     return "\n".join(lines) + "\n"
 
 
-def plots(unified: Row, others: list[Row], told: Row | None, metric: str) -> dict[str, bytes]:
+def plots(unified: Row, others: list[Row], told: list[Row], metric: str) -> dict[str, bytes]:
     """PNG bytes: per-persona distributions, per-persona gain over unified, quality vs cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [unified, *others, *([told] if told else [])]
+    rows = [unified, *others, *told]
     figures = {}
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
     ax.boxplot([row.per_persona[metric].to_numpy() for row in rows], tick_labels=[row.name for row in rows])
@@ -194,7 +201,7 @@ def plots(unified: Row, others: list[Row], told: Row | None, metric: str) -> dic
     figures["distributions.png"] = fig
     fig, ax = plt.subplots(figsize=(7, 4))
     base = dict(zip(unified.per_persona["persona_id"], unified.per_persona[metric], strict=True))
-    for row in [*others, *([told] if told else [])]:
+    for row in [*others, *told]:
         gains = np.sort(
             [v - base[p] for p, v in zip(row.per_persona["persona_id"], row.per_persona[metric], strict=True)]
         )
@@ -252,7 +259,7 @@ def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out:
     (out / "report.html").write_text(html(text, images))
     for name, data in images.items():
         (out / name).write_bytes(data)
-    runs = [unified, *others, *([told] if told else [])]
+    runs = [unified, *others, *told]
     with mlflow.start_run(experiment_id=experiment, run_name=f"report {metric}", tags={"report": "true"}):
         mlflow.set_tags({f"report.{row.name}": row.run.info.run_id for row in runs})
         mlflow.log_artifacts(str(out), "report")

@@ -69,14 +69,15 @@ def print_parameter_recall(results, split: str = "test", headroom: dict | None =
 
 
 def print_probe(results: dict[str, dict[str, float]], base: str) -> None:
-    """The copy probe (research/evaluation/probe.py): told vs not told, per parameter."""
-    told, plain = results["told"], results["not_told"]
-    table = Table(title=f"copy probe of {base}: {told['turns']} held-out neutral requests, zero-shot")
-    for column in ("", "told its settings", "not told", "gain"):
-        table.add_column(column, justify="right" if column else "left")
-    for key in ["param_f1", *sorted(k for k in told if k.startswith("param_recall/"))]:
-        value, without = told[key], plain.get(key, float("nan"))
-        table.add_row(key.removeprefix("param_recall/"), f"{value:.2f}", f"{without:.2f}", f"{value - without:+.2f}")
+    """The copy probe (research/evaluation/probe.py): per parameter, told the resolved
+    settings (reading alone), told the raw preferences, told nothing."""
+    oracles = list(results)
+    table = Table(title=f"copy probe of {base}: {results[oracles[0]]['turns']} held-out neutral requests, zero-shot")
+    table.add_column("")
+    for oracle in oracles:
+        table.add_column(f"told {oracle}", justify="right")
+    for key in ["param_f1", *sorted(k for k in results[oracles[0]] if k.startswith("param_recall/"))]:
+        table.add_row(key.removeprefix("param_recall/"), *(f"{results[o].get(key, float('nan')):.2f}" for o in oracles))
     Console(width=140).print(table)
 
 

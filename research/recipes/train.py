@@ -144,7 +144,7 @@ def resolved_config(cfg: ExperimentConfig, sources: dict[str, list[Source]]) -> 
 
 
 def describe(cfg: ExperimentConfig) -> str:
-    """The method and what differs from its defaults, e.g. "unified_lora data.oracle_preferences=True",
+    """The method and what differs from its defaults, e.g. "unified_lora data.oracle=resolved",
     so two runs that differ read differently in the MLflow runs table."""
     defaults = flatten(to_dict(load_config(method=cfg.method)))
 
@@ -168,8 +168,7 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
         "method": cfg.method,
         "dataset": fingerprint(cfg.data.dir),
         "splits": f"val={cfg.data.val_fraction:.6g},test={cfg.data.test_fraction:.6g}",
-        "prompt": f"user_name={cfg.data.user_name},oracle_preferences={cfg.data.oracle_preferences},"
-        f"max_length={cfg.data.max_length}",
+        "prompt": f"user_name={cfg.data.user_name},oracle={cfg.data.oracle},max_length={cfg.data.max_length}",
         "base_model": cfg.base_model,
         "base_fingerprint": base_fingerprint(cfg.base_model),
     }

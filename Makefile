@@ -11,6 +11,8 @@ TRIALS ?=
 WORKERS ?= 1
 STORAGE ?=
 PORT ?= 5000
+SEEDS ?= 1
+METHODS ?=
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -18,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench clean
+.PHONY: help setup run instrument study test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -27,8 +29,11 @@ setup: $(STAMP) ## install everything into .venv (torch 2.13.0 CPU wheel, pinned
 run: $(STAMP) ## main job: data -> base model -> no_adaptation, unified_lora, the instrument -> MLflow + table
 	$(PY) -m research.cli run $(ARGS)
 
-instrument: $(STAMP) ## unified_lora told the true preferences vs plain, next to the anchors (ARGS: base_model=...)
+instrument: $(STAMP) ## unified_lora told the resolved settings and the raw preferences vs plain, next to the anchors
 	$(PY) -m research.cli instrument $(ARGS)
+
+study: $(STAMP) ## every method at its defaults (reusing finished runs) + the report: make study [SEEDS=3] [METHODS=a,b]
+	$(PY) -m research.cli study --seeds $(SEEDS) $(if $(METHODS),--methods $(METHODS)) $(ARGS)
 
 test: $(STAMP) lint ## lint, then the test suite (what CI runs)
 	$(PY) -m pytest -q

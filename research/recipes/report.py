@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,14 +58,23 @@ def _preferred(runs: list) -> list:
     return sorted(runs, key=lambda run: ("aggregate" not in run.data.tags, -run.info.start_time))
 
 
+def row(run, name: str | None = None) -> Row:
+    """A run's test-split row, named `name` or after its method."""
+    table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")
+    return Row(name or run.data.tags["method"], run, table)
+
+
 def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], list[Row]]:
     """(unified, the other methods, the instrument's rows) as described in the module docstring."""
     finished = "attributes.status = 'FINISHED'"
-    if run_ids:
+    told = []
+    if run_ids:  # named: rows are named after their runs; instrument runs are the instrument rows
         named = [client.get_run(run_id) for run_id in run_ids]
+        told = [row(r, r.info.run_name) for r in named if "instrument" in r.data.tags]
+        named = [r for r in named if "instrument" not in r.data.tags]
         unified = next((r for r in named if r.data.tags.get("method") == "unified_lora"), None)
         unified = unified or _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)[0]
-        others = [r for r in named if r.info.run_id != unified.info.run_id]
+        others = [row(r, r.info.run_name) for r in named if r.info.run_id != unified.info.run_id]
     else:
         candidates = _preferred(_latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run))
         if not candidates:
@@ -74,24 +84,18 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
         latest: dict[str, object] = {}
         for run in _preferred(_latest(client, experiment, f"{finished}{same}", _own_run)):
             latest.setdefault(run.data.tags["method"], run)
-        others = [run for method, run in sorted(latest.items()) if method != "unified_lora"]
-    for run in others:
-        check_comparable(run, unified)
-    same_data = "".join(
-        f" and tags.{key} = '{unified.data.tags[key]}'"
-        for key in LINEAGE
-        if key != "prompt" and key in unified.data.tags
-    )
-
-    def row(run, name=None) -> Row:
-        table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")
-        return Row(name or run.data.tags["method"], run, table)
-
-    told = []
-    for tag, name in INSTRUMENT_ROWS.values():
-        if latest := _latest(client, experiment, f"{finished} and tags.instrument = '{tag}'{same_data}"):
-            told.append(row(latest[0], name))
-    return row(unified), [row(run) for run in others], told
+        others = [row(run) for method, run in sorted(latest.items()) if method != "unified_lora"]
+        same_data = "".join(
+            f" and tags.{key} = '{unified.data.tags[key]}'"
+            for key in LINEAGE
+            if key != "prompt" and key in unified.data.tags
+        )
+        for tag, name in INSTRUMENT_ROWS.values():
+            if latest_told := _latest(client, experiment, f"{finished} and tags.instrument = '{tag}'{same_data}"):
+                told.append(row(latest_told[0], name))
+    for other in others:
+        check_comparable(other.run, unified)
+    return row(unified), others, told
 
 
 def anchors(run) -> dict | None:
@@ -137,8 +141,15 @@ def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | 
             f"{metrics.get(f'time/{k}_s', float('nan')):.0f}" for k in ("fit", "eval")
         ]
 
+    runs = [unified.run, *(r.run for r in others), *(r.run for r in told)]
+    newest = time.strftime("%Y-%m-%d", time.gmtime(max(r.info.start_time for r in runs) / 1000))
+    tags = unified.run.data.tags
     lines = [
         f"# persona-lab report: methods against `unified_lora`, test/{metric}",
+        "",
+        f"Dataset {tags.get('dataset')}, base model {tags.get('base_model')} (fingerprint "
+        f"{tags.get('base_fingerprint')}), code {tags.get('git_sha', 'unknown')[:12]}; runs made up to {newest} "
+        "(UTC). Each row names its run: `research compare RUN_ID` and the MLflow UI show it in full.",
         "",
         f"Means over personas (test split), deltas to unified in parentheses. Per-persona statistics on {metric}: "
         "share of personas improved, paired t-test with Holm's correction over the methods, bootstrap 95% CI of "

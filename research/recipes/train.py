@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import tempfile
 import time
@@ -35,6 +36,7 @@ from research.evaluation.generation import generate_split, score
 from research.models.base import base_fingerprint, load_base
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
+from research.recipes.analysis import per_persona_table
 from research.recipes.experiment import load_config
 from research.tracking.runs import RunLogger, experiment_id, log_adapter_model, log_dataset, tracked_run
 from research.tracking.sources import resolve_sources
@@ -174,6 +176,14 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     }
 
 
+def config_key(cfg: ExperimentConfig) -> str:
+    """The config as given (source fields unresolved), as a hash, without where it is tracked or
+    where its tokens are cached: two finished runs with the same key and lineage trained and
+    evaluated the same thing, so a study reuses one instead of training it again."""
+    kept = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(("tracking.", "data.cache_dir"))}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def build_module(cfg: ExperimentConfig, model, tokenizer, datamodule: PersonaDataModule, sources=None):
     """(the method's module, what it was provided): its needs resolved (sources, when not
     given, from the tracking store), the module built, the datamodule told its groups."""
@@ -250,7 +260,7 @@ def train_and_evaluate(
     )
     datamodule.prepare_data()
     datamodule.setup()
-    tags = {**(tags or {}), **run_tags(cfg)}
+    tags = {**(tags or {}), **run_tags(cfg), "config": config_key(cfg)}
     sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
     tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
     cfg = resolved_config(cfg, sources)
@@ -304,52 +314,57 @@ def train_and_evaluate(
 
 
 def train_over_seeds(cfg: ExperimentConfig, seeds: int) -> RunResult:
-    """`cfg` trained with seeds cfg.seed, cfg.seed + 1, ... as child runs of one parent run
-    (tag `aggregate=seeds`) whose `per_persona.parquet` and metrics are each persona's mean
-    across the seeds, so `research compare PARENT` compares a method on its seed-averaged
-    scores, not on one seed's luck. The parent also logs each test metric's spread across
-    seeds (`seeds_std/...`). It holds no adapter: it is never an implicit source."""
+    """`cfg` trained with seeds cfg.seed, cfg.seed + 1, ..., then their seeds parent
+    (`aggregate_seeds`), so `research compare PARENT` compares a method on its seed-averaged
+    scores, not on one seed's luck."""
+    children = [train_and_evaluate(dataclasses.replace(cfg, seed=cfg.seed + i)).run_id for i in range(seeds)]
+    return aggregate_seeds(cfg, children)
+
+
+def aggregate_seeds(cfg: ExperimentConfig, children: list[str]) -> RunResult:
+    """A parent run (tag `aggregate=seeds`) over finished runs of `cfg` that differ only in
+    their seed: its `per_persona.parquet` and metrics are each persona's mean across them,
+    it logs each test metric's spread (`seeds_std/...`) and the summed cost, and the runs
+    become its children (`mlflow.parentRunId`, `seeds.runs`). It holds no adapter: it is
+    never an implicit source."""
     experiment = experiment_id(cfg.tracking)  # sets the tracking URI the client below uses
     client = mlflow.tracking.MlflowClient()
-    name = f"{describe(cfg)} x{seeds} seeds"
-    parent = client.create_run(experiment, run_name=name, tags={"aggregate": "seeds"})
-    parent_id = parent.info.run_id
+    runs = [client.get_run(run_id) for run_id in children]
+    first = runs[0]
+    seeds = [run.data.params["seed"] for run in runs]
+    tags = {k: v for k, v in first.data.tags.items() if not k.startswith("mlflow.")}
+    tags |= {"aggregate": "seeds", "seeds.runs": ",".join(children)}
+    name = f"{first.data.tags.get('mlflow.runName', describe(cfg))} x{len(runs)} seeds"
+    parent_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
     try:
-        children = [
-            train_and_evaluate(dataclasses.replace(cfg, seed=cfg.seed + i), parent_run_id=parent_id)
-            for i in range(seeds)
-        ]
-        first = client.get_run(children[0].run_id)
-        for key, value in first.data.tags.items():
-            if not key.startswith("mlflow."):
-                client.set_tag(parent_id, key, value)
         for key, value in first.data.params.items():
-            client.log_param(
-                parent_id, key, ",".join(str(cfg.seed + i) for i in range(seeds)) if key == "seed" else value
-            )
+            client.log_param(parent_id, key, ",".join(seeds) if key == "seed" else value)
         per_persona = (
-            pl.concat(child.per_persona for child in children)
+            pl.concat(per_persona_table(run_id) for run_id in children)
             .group_by("split", "persona_id")
             .agg(pl.exclude("split", "persona_id").mean())
             .sort("split", "persona_id")
         )
-        metrics = {key: float(np.mean([c.metrics[key] for c in children])) for key in children[0].metrics}
+        keys = [k for k in first.data.metrics if k.startswith(("val/", "test/"))]
+        metrics = {key: float(np.mean([run.data.metrics[key] for run in runs])) for key in keys}
         spread = {
-            f"seeds_std/{key}": float(np.std([c.metrics[key] for c in children], ddof=1))
-            for key in children[0].metrics
-            if key.startswith("test/") and seeds > 1
+            f"seeds_std/{key}": float(np.std([run.data.metrics[key] for run in runs], ddof=1))
+            for key in keys
+            if key.startswith("test/") and len(runs) > 1
         }
         cost = {"params/trainable": first.data.metrics.get("params/trainable", float("nan"))}
-        cost |= {key: sum(c.seconds[key] for c in children) for key in ("time/fit_s", "time/eval_s")}
+        cost |= {key: sum(run.data.metrics.get(key, 0.0) for run in runs) for key in ("time/fit_s", "time/eval_s")}
         for key, value in (metrics | spread | cost).items():  # cost: the seeds' summed wall time
             client.log_metric(parent_id, key, value)
         with tempfile.TemporaryDirectory() as tmp:
             per_persona.write_parquet(Path(tmp, "per_persona.parquet"))
             client.log_artifact(parent_id, str(Path(tmp, "per_persona.parquet")))
+        for run_id in children:
+            client.set_tag(run_id, "mlflow.parentRunId", parent_id)
     except BaseException as err:
         client.set_tag(parent_id, "error", f"{type(err).__name__}: {err}"[:5000])
         client.set_terminated(parent_id, "FAILED")
         raise
     client.set_terminated(parent_id, "FINISHED")
-    seconds = {key: sum(c.seconds[key] for c in children) for key in children[0].seconds}
-    return RunResult(parent_id, name, metrics, per_persona, seconds)
+    seconds = {key: cost[key] for key in ("time/fit_s", "time/eval_s")}
+    return RunResult(parent_id, name, metrics | spread, per_persona, seconds)

@@ -1,0 +1,148 @@
+"""`research study` / `make study`: the study's table, made by the platform itself.
+
+Every registered method at its default config, and the variants below, on one dataset
+and base, over `seeds` seeds, beside the instrument's two told rows; then the report
+(research/recipes/report.py) over exactly these runs.
+
+- Reuse and resume: a finished run with the same config (tag `config`, see
+  train.config_key) and lineage is reused, never trained again, so an interrupted study
+  resumes where it stopped and `SEEDS=3` builds on a 1-seed study.
+- Sources: a method that builds on others (hybrid on unified, the merges on per-persona,
+  selective routing on every LoRA candidate) is given the study's own runs of them, of the
+  same seed, by run id; they come first.
+- Seeds: each (entry, seed) is one run; with several seeds each entry also gets a seeds
+  parent (train.aggregate_seeds) holding per-persona means, which the report uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from research.modules import METHODS
+from research.modules.base import source_fields
+from research.recipes.experiment import load_config
+from research.recipes.report import build_report
+from research.recipes.run import INSTRUMENT_ROWS, ensure_data_and_base
+from research.recipes.train import aggregate_seeds, config_key, run_tags, train_and_evaluate
+from research.tracking.runs import experiment_id, iter_runs
+from research.tracking.sources import LINEAGE
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the study: a method with overrides (a variant), or an instrument row."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...] = ()
+    instrument: str | None = None  # the MLflow tag value of an instrument row
+
+
+# Beside each method's defaults: the settings the earlier tables found to matter
+VARIANTS = {
+    "retrieval": [Entry("retrieval trained with context", "retrieval", ("method_args.train_with_context=true",))],
+    "augmented_lora": [Entry("augmented_lora hybrid", "augmented_lora", ("method_args.hybrid=true",))],
+}
+
+
+def study_entries(methods: list[str] | None = None) -> list[Entry]:
+    """The instrument rows, then `methods` (default: every registered one) and their variants,
+    in an order where every source comes before the methods built on it."""
+    chosen = list(METHODS) if not methods else methods
+    if unknown := [m for m in chosen if m not in METHODS]:
+        from research.config import ConfigError
+
+        raise ConfigError(f"--methods: {unknown[0]!r} is not registered (allowed: {', '.join(METHODS)})")
+    entries = [
+        Entry(name, "unified_lora", (f"data.oracle={oracle}",), tag) for oracle, (tag, name) in INSTRUMENT_ROWS.items()
+    ]
+    for method in ["unified_lora", *(m for m in chosen if m != "unified_lora")]:
+        entries += [Entry(method, method), *VARIANTS.get(method, [])]
+
+    def rank(entry: Entry) -> int:  # 0: builds on nothing; 1: on named methods; 2: on any candidate
+        args = load_config(None, list(entry.overrides), entry.method).method_args
+        wanted = set(source_fields(type(args), args).values())
+        return 2 if "*" in wanted else 1 if wanted else 0
+
+    return sorted(entries, key=rank)  # stable: registry order within a rank
+
+
+def _finished_run(client, experiment: str, cfg, key: str):
+    """A finished run of this config and lineage (not a sweep trial or seeds parent), or None."""
+    lineage = run_tags(cfg)
+    found = iter_runs(client, experiment, f"tags.config = '{key}' and attributes.status = 'FINISHED'")
+    for run in found:
+        tags = run.data.tags
+        if "trial" not in tags and "aggregate" not in tags and all(tags.get(k) == lineage[k] for k in LINEAGE):
+            return run
+    return None
+
+
+def _seeds_parent(client, experiment: str, children: list[str]):
+    runs = iter_runs(
+        client,
+        experiment,
+        f"tags.aggregate = 'seeds' and attributes.status = 'FINISHED' and tags.`seeds.runs` = '{','.join(children)}'",
+    )
+    return next(iter(runs), None)
+
+
+def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> list[str]:
+    """`entry`'s overrides, its source fields naming the study's runs of the same seed."""
+    overrides = list(entry.overrides)
+    args = load_config(None, overrides, entry.method).method_args
+    for field, method in source_fields(type(args), args).items():
+        if method == "*":  # every LoRA run of the study (selective routing routes between them)
+            runs = [
+                run_id
+                for (name, s), run_id in done.items()
+                if s == seed and name in METHODS and name != "unified_lora" and METHODS[name].adapter_kind == "lora"
+            ]
+            overrides.append(f"method_args.{field}={','.join(runs)}")
+        else:
+            overrides.append(f"method_args.{field}={done[method, seed]}")
+    return overrides
+
+
+def run_study(
+    overrides: list[str] = (), methods: list[str] | None = None, seeds: int = 1, out: str | Path = "reports/study"
+) -> Path:
+    """Train (or reuse) every entry over `seeds`, then write the report; returns its HTML page."""
+    entries = study_entries(methods)
+    first = load_config(None, list(overrides), "unified_lora")
+    ensure_data_and_base(first)
+    experiment = experiment_id(first.tracking)
+    client = mlflow.tracking.MlflowClient()
+    done: dict[tuple[str, int], str] = {}  # (entry name, seed) -> run id
+    steps = [(entry, seed) for entry in entries for seed in range(seeds)]
+    trained: list[float] = []
+    for step, (entry, seed) in enumerate(steps, 1):
+        cfg = load_config(None, [*overrides, *_with_sources(entry, done, seed)], entry.method)
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + seed)
+        label = f"[{step}/{len(steps)}] {entry.name}, seed {cfg.seed}"
+        if run := _finished_run(client, experiment, cfg, config_key(cfg)):
+            done[entry.name, seed] = run.info.run_id
+            print(f"{label}: reusing run {run.info.run_id[:8]}", flush=True)
+            continue
+        print(f"{label}: training", flush=True)
+        started = time.perf_counter()
+        tags = {"instrument": entry.instrument} if entry.instrument else None
+        done[entry.name, seed] = train_and_evaluate(cfg, tags=tags, run_name=entry.name).run_id
+        trained.append(time.perf_counter() - started)
+        left = (len(steps) - step) * sum(trained) / len(trained) / 60
+        print(f"{label}: done in {trained[-1] / 60:.1f} min; at most about {left:.0f} min left", flush=True)
+    rows = []
+    for entry in entries:
+        children = [done[entry.name, seed] for seed in range(seeds)]
+        if seeds == 1:
+            rows.append(children[0])
+            continue
+        parent = _seeds_parent(client, experiment, children)
+        cfg = load_config(None, [*overrides, *entry.overrides], entry.method)
+        rows.append(parent.info.run_id if parent else aggregate_seeds(cfg, children).run_id)
+    return build_report(first.tracking, rows, "param_f1", Path(out))

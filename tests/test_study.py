@@ -1,0 +1,39 @@
+"""`research study`: every entry trained once per seed, sources of the same seed, resumable, then the report."""
+
+import mlflow
+import pytest
+
+from research.config import ConfigError
+from research.recipes.study import run_study, study_entries
+
+
+def test_entries_put_the_instrument_and_every_source_before_the_methods_built_on_it():
+    names = [entry.name for entry in study_entries()]
+    assert names[:3] == ["unified_lora told resolved", "unified_lora told preferences", "unified_lora"]
+    assert names.index("per_persona_lora") < names.index("moe_merge")
+    assert names[-1] == "selective_routing"  # routes between every other LoRA run
+    assert {"retrieval trained with context", "augmented_lora hybrid"} <= set(names)
+    with pytest.raises(ConfigError, match="'magic' is not registered"):
+        study_entries(["magic"])
+
+
+def test_a_study_trains_each_entry_once_per_seed_and_a_second_call_reuses_them(experiment, tmp_path):
+    page = run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "report")
+    tracking = next(o.split("=", 1)[1] for o in experiment if o.startswith("tracking.uri="))
+    client = mlflow.tracking.MlflowClient(tracking)
+    [exp] = client.search_experiments()
+
+    def runs(filter_string=""):
+        return client.search_runs([exp.experiment_id], filter_string)
+
+    singles = [r for r in runs() if "aggregate" not in r.data.tags and "report" not in r.data.tags]
+    assert len(singles) == 4 * 2  # told resolved, told preferences, unified, hybrid; 2 seeds each
+    unified = {r.data.params["seed"]: r.info.run_id for r in singles if r.info.run_name == "unified_lora"}
+    for hybrid in (r for r in singles if r.data.tags["method"] == "hybrid_lora"):
+        assert hybrid.data.tags["source.unified_run"] == unified[hybrid.data.params["seed"]]
+    assert len(runs("tags.aggregate = 'seeds'")) == 4
+    text = page.with_suffix(".md").read_text()
+    assert "**instrument**: unified_lora told resolved x2 seeds" in text and "| hybrid_lora x2 seeds (" in text
+
+    run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "again")
+    assert len([r for r in runs() if "report" not in r.data.tags]) == len(singles) + 4  # nothing trained again

@@ -59,12 +59,13 @@ def cmd_data_import(args) -> None:
 
 
 def cmd_base(args) -> None:
+    from research.config import ConfigError
     from research.models.base import BaseConfig, pretrain_from_dataset
     from research.models.gguf import PRESETS, convert_gguf, install_preset
 
     if args.from_preset:
         if args.from_preset not in PRESETS:
-            raise FileNotFoundError(f"--from {args.from_preset!r}: no such preset (allowed: {', '.join(PRESETS)})")
+            raise ConfigError(f"--from {args.from_preset!r}: no such preset (allowed: {', '.join(PRESETS)})")
         out = args.out if args.out != "models/base" else f"models/{args.from_preset}"
         stats = convert_gguf(install_preset(PRESETS[args.from_preset]), out)
         print(
@@ -529,13 +530,11 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from research.config import ConfigError
-    from research.data.schema import DataError
-    from research.evaluation.statistics import StatisticsError
+    from research.config import UserInputError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, StatisticsError, FileNotFoundError) as err:
+    except UserInputError as err:  # what the user supplied; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

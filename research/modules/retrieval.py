@@ -43,7 +43,7 @@ from research.modules.base import AdaptationModule, Needs, write_manifest
 class RetrievalConfig:
     # a unified_lora run id; empty: the latest finished one on the same dataset and base model
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
-    k: int = 3  # exchanges retrieved per prompt; 0: unified's prompts
+    k: int = field(default=3, metadata={"min": 0})  # exchanges retrieved per prompt; 0: unified's prompts
     strategy: Literal["semantic", "recency", "hybrid"] = "semantic"
     format: Literal["verbatim", "settings"] = "verbatim"
     history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from

@@ -177,7 +177,8 @@ def _check_actions(where: str, turn: dict, errors: list[str]) -> None:
             errors.append(f"{at}.device: {device!r} is not among the turn's devices")
 
 
-def _check_turns(turns, errors: list[str]) -> None:
+def _check_turns(turns, errors: list[str], request: bool = False) -> None:
+    """Turns alternating user first; a dialogue has a reply, a request ends with the user's turn."""
     if not isinstance(turns, list) or not turns:
         errors.append("field turns: must be a non-empty list")
         return
@@ -193,7 +194,9 @@ def _check_turns(turns, errors: list[str]) -> None:
             )
         _text(turn, "text", errors, f"{where}.")
         _check_actions(where, turn, errors)
-    if len(turns) < 2:
+    if request and len(turns) % 2 == 0:
+        errors.append("field turns: must end with a user turn (the one to answer)")
+    elif not request and len(turns) < 2:
         errors.append("field turns: needs at least one assistant turn")
 
 
@@ -207,27 +210,38 @@ def _timestamp(value) -> datetime | None:
     return value.replace(tzinfo=None) if isinstance(value, datetime) else None
 
 
-def _check_dialogue(row: dict, persona_ids: set[str], errors: list[str]) -> None:
-    _text(row, "dialogue_id", errors)
-    if (persona := _text(row, "persona_id", errors)) is not None and persona not in persona_ids:
-        errors.append(f"field persona_id: {persona!r} is not in the personas file")
+def _check_context(row: dict, errors: list[str]) -> None:
+    """What the system turn tells the assistant: values of the domain, a finite temperature in range."""
     _choice(row, "weather", WEATHERS, errors)
     _choice(row, "time_of_day", TIMES_OF_DAY, errors)
     _choice(row, "day_of_week", DAYS_OF_WEEK, errors)
-    timestamp = _timestamp(row.get("timestamp"))
-    if timestamp is None:
-        errors.append(f"field timestamp: must be an ISO date-time, got {_short(row.get('timestamp'))}")
-    elif row.get("day_of_week") in DAYS_OF_WEEK and timestamp.strftime("%A") != row["day_of_week"]:
-        errors.append(f"field day_of_week: {row['day_of_week']!r}, but the timestamp {timestamp} is a {timestamp:%A}")
     temperature, (low, high) = row.get("temperature_c"), OUTDOOR_TEMPERATURE_C
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         errors.append(f"field temperature_c: must be a number, got {_short(temperature)}")
     elif not low <= temperature <= high:  # NaN fails this too
         errors.append(f"field temperature_c: {temperature} outside {low}..{high} (degrees Celsius)")
+
+
+def _check_dialogue(row: dict, persona_ids: set[str], errors: list[str]) -> None:
+    _text(row, "dialogue_id", errors)
+    if (persona := _text(row, "persona_id", errors)) is not None and persona not in persona_ids:
+        errors.append(f"field persona_id: {persona!r} is not in the personas file")
+    _check_context(row, errors)
+    timestamp = _timestamp(row.get("timestamp"))
+    if timestamp is None:
+        errors.append(f"field timestamp: must be an ISO date-time, got {_short(row.get('timestamp'))}")
+    elif row.get("day_of_week") in DAYS_OF_WEEK and timestamp.strftime("%A") != row["day_of_week"]:
+        errors.append(f"field day_of_week: {row['day_of_week']!r}, but the timestamp {timestamp} is a {timestamp:%A}")
     _check_turns(row.get("turns"), errors)
 
 
-def _checked(path: Path, rows: list[tuple[int, object]], check, key: str, problems: list[str]) -> list[dict]:
+def _check_request(row: dict, errors: list[str]) -> None:
+    _text(row, "persona_id", errors)
+    _check_context(row, errors)
+    _check_turns(row.get("turns"), errors, request=True)
+
+
+def _checked(path: Path, rows: list[tuple[int, object]], check, key: str | None, problems: list[str]) -> list[dict]:
     """The rows that pass `check`; the problems of the others go to `problems` by row and field."""
     valid, seen = [], set()
     for number, row in rows:
@@ -236,7 +250,7 @@ def _checked(path: Path, rows: list[tuple[int, object]], check, key: str, proble
             errors.append("not a JSON object")
         else:
             check(row, errors)
-            if isinstance(row.get(key), str):
+            if key is not None and isinstance(row.get(key), str):
                 if row[key] in seen:
                     errors.append(f"field {key}: duplicate {row[key]!r}")
                 seen.add(row[key])
@@ -247,11 +261,8 @@ def _checked(path: Path, rows: list[tuple[int, object]], check, key: str, proble
 
 
 def _check_coverage(persona_path: Path, dialogue_path: Path, personas, dialogues, problems: list[str]) -> None:
-    """Each file has rows, each persona has dialogues, and one persona's dialogues have
-    distinct timestamps, so they have one time order (the splits follow it)."""
-    for path, rows in ((persona_path, personas), (dialogue_path, dialogues)):
-        if not rows:
-            problems.append(f"{path}: no rows (a dataset needs at least one persona and one dialogue)")
+    """Each persona has dialogues, and one persona's dialogues have distinct timestamps, so
+    they have one time order (the splits follow it)."""
     times: dict[str, set[datetime]] = {}
     for row in dialogues:
         moments = times.setdefault(row["persona_id"], set())
@@ -261,7 +272,7 @@ def _check_coverage(persona_path: Path, dialogue_path: Path, personas, dialogues
                 f"at {row['timestamp']} (one persona's dialogues need distinct timestamps: splits follow time order)"
             )
         moments.add(row["timestamp"])
-    if dialogues:  # else the file's own problem says it
+    if dialogues:  # else "no rows" says it
         for row in personas:
             if row["persona_id"] not in times:
                 problems.append(f"{dialogue_path}: persona {row['persona_id']} has no dialogues")
@@ -278,19 +289,27 @@ def validated_frames(
     DataError listing every problem (the first MAX_REPORTED_ERRORS) by file, row and field.
     Whatever the rows hold, nothing else is raised."""
     problems = list(problems)
+    for path, rows in ((persona_path, persona_rows), (dialogue_path, dialogue_rows)):
+        if not rows and not any(p.startswith(f"{path} ") for p in problems):  # not only unreadable lines
+            problems.append(f"{path}: no rows (a dataset needs at least one persona and one dialogue)")
     personas = _checked(persona_path, persona_rows, _check_persona, "persona_id", problems)
-    ids = {p["persona_id"] for p in personas}
+    # a dialogue of a persona whose row has problems is not "of an unknown persona" too
+    ids = {r["persona_id"] for _, r in persona_rows if isinstance(r, dict) and isinstance(r.get("persona_id"), str)}
     dialogues = _checked(dialogue_path, dialogue_rows, lambda r, e: _check_dialogue(r, ids, e), "dialogue_id", problems)
     if not problems:  # coverage needs every row valid
         dialogues = [{**d, "timestamp": _timestamp(d["timestamp"])} for d in dialogues]
         _check_coverage(persona_path, dialogue_path, personas, dialogues, problems)
+    _raise_problems(problems)
+    persona_df = pl.DataFrame([_persona_record(p) for p in personas], schema=PERSONA_SCHEMA)
+    dialogue_df = pl.DataFrame([_dialogue_record(d) for d in dialogues], schema=DIALOGUE_SCHEMA)
+    return persona_df, dialogue_df.sort("persona_id", "timestamp", "dialogue_id")
+
+
+def _raise_problems(problems: list[str]) -> None:
     if problems:
         more = f"\n... and {len(problems) - MAX_REPORTED_ERRORS} more" if len(problems) > MAX_REPORTED_ERRORS else ""
         count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
         raise DataError(f"invalid data ({count}):\n" + "\n".join(problems[:MAX_REPORTED_ERRORS]) + more)
-    persona_df = pl.DataFrame([_persona_record(p) for p in personas], schema=PERSONA_SCHEMA)
-    dialogue_df = pl.DataFrame([_dialogue_record(d) for d in dialogues], schema=DIALOGUE_SCHEMA)
-    return persona_df, dialogue_df.sort("persona_id", "timestamp", "dialogue_id")
 
 
 def _persona_record(row: dict) -> dict:
@@ -329,6 +348,32 @@ def load_dataset(directory: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return validated_frames(
         persona_rows, dialogue_rows, persona_path, dialogue_path, persona_problems + dialogue_problems
     )
+
+
+def validated_requests(rows: list[tuple[int, object]], source: str | Path, problems: list[str] = ()) -> list[dict]:
+    """Requests to answer (persona_id, the context fields, turns alternating user first and
+    ending with the user's turn), checked like a dataset's rows: a DataError lists every
+    problem by source, row and field."""
+    problems = list(problems)
+    requests = _checked(source, rows, _check_request, None, problems)
+    if not rows and not problems:
+        problems.append(f"{source}: no rows (nothing to answer)")
+    if not problems:
+        try:  # the rows go back out with their predictions: each field needs one type
+            pl.DataFrame(requests, infer_schema_length=None)
+        except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError) as err:
+            problems.append(f"{source}: the rows do not share one type per field ({str(err).splitlines()[0]})")
+    _raise_problems(problems)
+    return requests
+
+
+def read_requests(path: str | Path) -> list[dict]:
+    """Validated requests from a JSONL or Parquet file (validated_requests)."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise DataError(f"{path}: requests are a .jsonl or .parquet file")
+    rows, problems = read_rows(path)
+    return validated_requests(rows, path, problems)
 
 
 def write_dataset(directory: str | Path, personas: pl.DataFrame, dialogues: pl.DataFrame, meta: dict) -> None:

@@ -20,8 +20,10 @@ class UnifiedLoraConfig:
     r: int = field(default=8, metadata=RANK)
     alpha: int = field(default=16, metadata={"min": 1})
     dropout: float = field(default=0.05, metadata=FRACTION)
-    # the base model's Linear layers to adapt (the recipe checks they exist before a run)
-    target_modules: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={"nonempty": True})
+    # the base model's Linear layers to adapt (the recipe checks that it has them before a run)
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "v_proj"), metadata={"nonempty": True, "base_layers": True}
+    )
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(

@@ -257,8 +257,8 @@ def _limits(meta) -> str:
     return ", ".join(f"{words} {meta[name]}" for name, (_, words) in BOUNDS.items() if name in meta)
 
 
-def _check_limits(key: str, value: Any, meta, config) -> None:
-    """Raise a ConfigError naming `key` if `value` breaks its field's metadata (module docstring)."""
+def _check_limits(key: str, value: Any, meta) -> None:
+    """Raise a ConfigError naming `key` if `value` breaks its field's own limits (module docstring)."""
     if value is None:
         return
     for item in value if isinstance(value, (tuple, list)) else (value,):
@@ -273,8 +273,6 @@ def _check_limits(key: str, value: Any, meta, config) -> None:
         raise ConfigError(f"{key}: must not be empty")
     if "length" in meta and len(value) != meta["length"]:
         raise ConfigError(f"{key}: {len(value)} values given, {meta['length']} needed")
-    if "check" in meta and not meta["check"][0](value, config):
-        raise ConfigError(f"{key}: {value!r} is not allowed ({meta['check'][1]})")
 
 
 def build(cls, values: dict, prefix: str = ""):
@@ -289,8 +287,12 @@ def build(cls, values: dict, prefix: str = ""):
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {', '.join(names)})")
     config = cls(**{k: _coerce(f"{where}{k}", v, hints[k]) for k, v in values.items()})
-    for f in dataclasses.fields(cls):  # defaults too: a rule across fields may involve one
-        _check_limits(f"{where}{f.name}", getattr(config, f.name), f.metadata, config)
+    for f in dataclasses.fields(cls):
+        _check_limits(f"{where}{f.name}", getattr(config, f.name), f.metadata)
+    for f in dataclasses.fields(cls):  # then the rules across fields, each field known good on its own
+        value = getattr(config, f.name)
+        if "check" in f.metadata and not f.metadata["check"][0](value, config):
+            raise ConfigError(f"{where}{f.name}: {value!r} is not allowed ({f.metadata['check'][1]})")
     return config
 
 

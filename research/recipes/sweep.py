@@ -10,6 +10,9 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
 - Space, objective (a `val/` metric, never test), direction, trials, sampler and pruner
   come from `sweeps/<method>.yaml`; pruning runs through optuna-integration's Lightning
   callback, on the objective computed after every validation epoch.
+- Checked before the study or any run exists: the space file (its sections, and every config
+  a trial may draw), the config, the data, the base model, the source runs and the storage
+  URL; bad input is one error (exit 2) that creates nothing.
 - Dead or alive: every worker beats Optuna's heartbeat (database storages: SQLite,
   PostgreSQL) while it runs a trial; a trial whose worker stopped beating for the grace
   period is failed, by whichever worker starts a trial next, and its MLflow run marked

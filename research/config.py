@@ -14,9 +14,15 @@ methods' own, the simulator's and the base model's included):
     choices    the allowed values (of each item), where a Literal cannot list them
     nonempty   a string (blank counts as empty) or tuple that must have content
     length     the exact number of items of a tuple
-    check      (predicate(value, config), the rule in words): a rule across fields
+    directory  a path that, where it exists, must be a directory
+    check      (predicate(value, config), the rule in words): a rule across fields, checked
+               once every field passed its own limits
     metric     "val" (val/loss or val/<metric>) or "per_persona" (<metric>): a metric name,
                checked by load_config against the evaluation layer's metrics
+    embedder   a sentence-transformers name or path (empty: the bundled one), checked before
+               a run by research.models.embedder.check_embedders
+    base_layers  names of the base model's Linear layers, checked against the loaded base
+               before a run by research.recipes.train.check_layer_names
 
 Every float must be finite. So a value a library would refuse later (epochs, batch
 size, lr, ranks, fractions) is refused here, naming the key, before any run, study,
@@ -100,7 +106,8 @@ class DataConfig:
     user_name: bool = True  # the account holder's name in the system turn, as a real assistant knows it
     oracle_preferences: bool = False  # ablation: the persona's true preferences in the system turn
     max_length: int = field(default=256, metadata={"min": 16})  # tokens per dialogue
-    cache_dir: str = field(default="data/cache", metadata={"nonempty": True})  # tokenized data, reused across runs
+    # tokenized data, reused across runs
+    cache_dir: str = field(default="data/cache", metadata={"nonempty": True, "directory": True})
 
 
 @dataclass
@@ -129,7 +136,8 @@ class EvalConfig:
     # prompts per generation batch; measured here on the test split: 128 takes 9.1-9.5 s, 64 11.5-13.9 s, 256 9.8 s
     batch_size: int = field(default=128, metadata={"min": 1})
     max_new_tokens: int = field(default=64, metadata={"min": 1})
-    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 @dataclass
@@ -140,7 +148,7 @@ class TrackingConfig:
     )
     experiment: str = field(default="persona-lab", metadata={"nonempty": True})
     # artifact root for experiments this project creates
-    artifacts: str = field(default="mlruns/artifacts", metadata={"nonempty": True})
+    artifacts: str = field(default="mlruns/artifacts", metadata={"nonempty": True, "directory": True})
 
 
 @dataclass
@@ -154,7 +162,8 @@ class ClusteringConfig:
     eps: float = field(default=0.3, metadata={"gt": 0})  # DBSCAN: neighbourhood radius in cosine distance
     # DBSCAN: core point size; noise points form a cluster of their own
     min_samples: int = field(default=3, metadata={"min": 1})
-    embedder: str = ""  # description features: sentence-transformers name or path; empty: bundled MiniLM
+    # description features: sentence-transformers name or path; empty: bundled MiniLM
+    embedder: str = field(default="", metadata={"embedder": True})
     seed: int = field(default=0, metadata=SEED)
 
 
@@ -273,6 +282,8 @@ def _check_limits(key: str, value: Any, meta) -> None:
         raise ConfigError(f"{key}: must not be empty")
     if "length" in meta and len(value) != meta["length"]:
         raise ConfigError(f"{key}: {len(value)} values given, {meta['length']} needed")
+    if meta.get("directory") and Path(value).exists() and not Path(value).is_dir():
+        raise ConfigError(f"{key}: {value} is a file, not a directory")
 
 
 def build(cls, values: dict, prefix: str = ""):

@@ -263,6 +263,8 @@ CONFIG_CASES = [
     ("config: base_model missing", lambda w, d: [*_train()(w, d), f"base_model={d / 'nowhere'}"], r"base model '.*nowhere' is not a local directory"),
     ("config: base_model not a model", lambda w, d: [*_train()(w, d), f"base_model={w.data}"], r"base model '.*' is not a Hugging Face model directory"),
     ("config: --seeds 0", _train("--seeds", "0"), r"argument --seeds: 0 is not allowed \(at least 1\)"),
+    ("config: embedder missing", _train("eval.embedder=/nonexistent/embedder"), r"eval\.embedder '/nonexistent/embedder' is not a local directory"),
+    ("config: cache_dir is a file", lambda w, d: (d / "file").write_text("x") and [*_train()(w, d), f"data.cache_dir={d / 'file'}"], r"data\.cache_dir: .*file is a file, not a directory"),
 ]  # fmt: skip
 
 
@@ -314,6 +316,7 @@ STORAGE_CASES = [
 COMMAND_CASES = [
     ("generate: zero personas", lambda w, d: ["data", "generate", "--out", str(d / "gen"), "personas=0"], r"personas: 0 is not allowed \(at least 1\)"),
     ("generate: intent weights of the wrong length", lambda w, d: ["data", "generate", "--out", str(d / "gen"), "neutral_intent_weights=1,2"], r"neutral_intent_weights: 2 values given, 9 needed"),
+    ("generate: too few dialogues for a test split", lambda w, d: ["data", "generate", "--out", str(d / "gen"), "dialogues=3"], r"dialogues: 3 is not allowed \(dialogues x test_fraction at least 1\)"),
     ("generate: --out is a file", lambda w, d: (d / "taken").write_text("x") and ["data", "generate", "--out", str(d / "taken")], r"--out .*taken: is a file"),
     ("base: heads that do not divide the width", lambda w, d: ["base", "--data", str(w.neutral), "--out", str(d / "base"), "num_heads=3"], r"num_heads: 3 is not allowed \(divides hidden_size\)"),
     ("base: unknown preset", lambda w, d: ["base", "--from", "nothing"], r"--from 'nothing': no such preset"),

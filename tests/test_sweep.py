@@ -185,8 +185,9 @@ def test_a_machine_with_another_base_model_refuses_to_join(data_root, base_dir, 
     from research.models.base import BaseConfig, pretrain_from_dataset
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text("trials: 0\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
-    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, runs nothing
+    spec.write_text("trials: 1\npruner: {name: none}\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
+    experiment = [*experiment, *FAST]
+    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, one short trial
     other_base = tmp_path / "other_base"
     pretrain_from_dataset(data_root / "neutral", other_base, BaseConfig(**TINY_BASE, seed=1))
     elsewhere = [o for o in experiment if not o.startswith("base_model=")] + [f"base_model={other_base}"]

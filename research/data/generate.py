@@ -22,7 +22,11 @@ Scorer = Callable[[pl.DataFrame], dict[str, float]]
 @dataclass
 class SimulatorConfig:
     personas: int = field(default=200, metadata={"min": 1})
-    dialogues: int = field(default=30, metadata={"min": 1})
+    # per persona; the headroom is scored on test dialogues, so each persona needs one
+    dialogues: int = field(
+        default=30,
+        metadata={"min": 1, "check": (lambda v, c: v * c.test_fraction >= 1, "dialogues x test_fraction at least 1")},
+    )
     seed: int = field(default=0, metadata=SEED)
     # Disjoint population for pretraining the base model: many speakers with few dialogues
     # each, so stated settings vary more (measured with the base's p_preferences 0.5 -> 0.8:

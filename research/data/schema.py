@@ -64,7 +64,8 @@ class DataError(UserInputError):
 
 def _find(directory: Path, stem: str) -> Path:
     if not directory.is_dir():
-        raise DataError(f"{directory}: no such dataset directory (generate one with `research data generate`)")
+        what = "not a dataset directory" if directory.exists() else "no such dataset directory"
+        raise DataError(f"{directory}: {what} (generate one with `research data generate`)")
     found = [
         directory / f"{stem}{suffix}" for suffix in (".parquet", ".jsonl") if (directory / f"{stem}{suffix}").exists()
     ]

@@ -48,7 +48,8 @@ class RetrievalConfig:
     format: Literal["verbatim", "settings"] = "verbatim"
     history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from
     train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
-    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class SelectiveRoutingConfig:
     metric: str = field(default="embedding_similarity", metadata={"metric": "per_persona"})  # val metric that decides
     margin: float = 0.0  # a candidate must beat unified on val by more than this
     meta_folds: int = field(default=5, metadata={"min": 2})  # cross-validation folds of the meta-classifier
-    embedder: str = ""  # description embeddings for the meta-classifier; empty: bundled MiniLM
+    # description embeddings for the meta-classifier; empty: bundled MiniLM
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 def val_scores(artifacts: Path, metric: str) -> dict[str, float]:

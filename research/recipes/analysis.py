@@ -16,6 +16,7 @@ from research.evaluation.clustering import Clustering, check_clustering, cluster
 from research.evaluation.metrics import METRICS, METRICS_VERSION
 from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
+from research.models.embedder import check_embedders
 from research.tracking.runs import experiment_id, find_run
 from research.tracking.sources import find_source, lineage_difference
 
@@ -92,6 +93,7 @@ def cluster_dataset(base_model: str, overrides: list[str], plot_path: str | Path
     if (kind := plot_path.suffix.lstrip(".").lower()) not in PLOT_FORMATS:
         raise ConfigError(f"--plot {plot_path}: {kind or 'no'} image format (allowed: {', '.join(PLOT_FORMATS)})")
     check_clustering(cfg, load_dataset(data.dir)[0].height, "")  # before the data is tokenized and cached
+    check_embedders(cfg)
     datamodule = PersonaDataModule(data, load_base(base_model)[0])
     datamodule.prepare_data()
     datamodule.setup()

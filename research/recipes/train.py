@@ -39,6 +39,7 @@ from research.evaluation.clustering import (
 )
 from research.evaluation.generation import generate_split, score
 from research.models.base import base_fingerprint, load_base
+from research.models.embedder import check_embedders
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
 from research.recipes.experiment import load_config
@@ -254,6 +255,7 @@ def prepare(cfg: ExperimentConfig, tags: dict[str, str] | None = None) -> Prepar
     (a cache entry), and the clustering's k against the personas. A run, a seeds parent or a
     study is made only after this."""
     tags = {**(tags or {}), **run_tags(cfg)}  # validates the dataset: its fingerprint reads every row
+    check_embedders(cfg)
     tokenizer, model = base_copy(cfg.base_model)
     sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))
     tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}

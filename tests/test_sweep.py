@@ -60,14 +60,20 @@ def test_sweep_logs_a_parent_and_one_child_per_trial_with_the_best_on_the_parent
     assert again["parent_run_id"] == summary["parent_run_id"] and finished == 3
 
 
-def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment):
-    overrides = [*experiment, *FAST, "method_args.target_modules=[no_such_layer]"]
+def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment, monkeypatch):
+    import research.recipes.train as recipe
+
+    def crash(*args, **kwargs):  # a bug inside each trial's run, after every input was checked
+        raise RuntimeError("fit crashed")
+
+    monkeypatch.setattr(recipe, "fit", crash)
+    overrides = [*experiment, *FAST]
     summary = run_sweep("unified_lora", overrides, trials=1)
     # failed trials do not count towards the budget: replaced, until 3 in a row stop the worker
     assert summary["states"]["FAIL"] == 3 and summary["best"] is None
     client, exp = _client(experiment)
     (run,) = client.search_runs([exp], f"tags.study = '{summary['study']}' and tags.trial = '0'")
-    assert run.info.status == "FAILED" and "no_such_layer" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "fit crashed" in run.data.tags["error"]
 
 
 def test_a_sweep_objective_must_be_a_val_metric(tmp_path):
@@ -179,8 +185,9 @@ def test_a_machine_with_another_base_model_refuses_to_join(data_root, base_dir, 
     from research.models.base import BaseConfig, pretrain_from_dataset
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text("trials: 0\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
-    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, runs nothing
+    spec.write_text("trials: 1\npruner: {name: none}\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
+    experiment = [*experiment, *FAST]
+    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, one short trial
     other_base = tmp_path / "other_base"
     pretrain_from_dataset(data_root / "neutral", other_base, BaseConfig(**TINY_BASE, seed=1))
     elsewhere = [o for o in experiment if not o.startswith("base_model=")] + [f"base_model={other_base}"]

@@ -31,8 +31,8 @@ from typing import Literal
 import numpy as np
 from peft import PeftModel
 
-from research.config import DataConfig
-from research.data.schema import assign_splits, fingerprint, load_dataset
+from research.config import ConfigError, DataConfig
+from research.data.schema import DataError, assign_splits, fingerprint, load_dataset, read_rows
 from research.datamodules.persona import default_context
 from research.datamodules.prompts import ProfileContext, fingerprint_of, history_line
 from research.models.embedder import load_embedder
@@ -43,12 +43,13 @@ from research.modules.base import AdaptationModule, Needs, write_manifest
 class RetrievalConfig:
     # a unified_lora run id; empty: the latest finished one on the same dataset and base model
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
-    k: int = 3  # exchanges retrieved per prompt; 0: unified's prompts
+    k: int = field(default=3, metadata={"min": 0})  # exchanges retrieved per prompt; 0: unified's prompts
     strategy: Literal["semantic", "recency", "hybrid"] = "semantic"
     format: Literal["verbatim", "settings"] = "verbatim"
     history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from
     train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
-    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 @dataclass(frozen=True)
@@ -234,14 +235,17 @@ class ServedRetrieval:
         self.exchanges: dict[str, list[Exchange]] = {}
         self.vectors = np.zeros((0, self.embedder.get_sentence_embedding_dimension()), dtype=np.float32)
         if not (adapter / HISTORY_FILE).exists():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{adapter} has no {HISTORY_FILE}: a retrieval adapter saved before serving kept its history; "
                 "retrain the retrieval run and register it again"
             )
-        rows = [json.loads(line) for line in (adapter / HISTORY_FILE).read_text().splitlines()]
-        if memory.exists():
-            rows += [json.loads(line) for line in memory.read_text().splitlines()]
-        self._add(rows)
+        rows, problems = read_rows(adapter / HISTORY_FILE)
+        if memory.exists():  # appended by `research chat --remember`: a damaged line names its file and row
+            remembered, damaged = read_rows(memory)
+            rows, problems = rows + remembered, problems + damaged
+        if problems:
+            raise DataError("\n".join(problems))
+        self._add([row for _, row in rows])
 
     def _add(self, rows: list[dict]) -> None:
         if not rows:

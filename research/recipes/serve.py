@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from research.config import ConfigError
 from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
 from research.data.schema import load_dataset
 from research.datamodules.persona import chat_ids, prompt_batches
@@ -169,25 +170,24 @@ def known_users(data_dir: str | Path) -> dict[str, dict]:
     return {row["persona_id"]: row for row in personas.iter_rows(named=True)}
 
 
-def read_requests(path: str | Path) -> list[dict]:
-    """Requests from JSONL or Parquet: REQUEST_FIELDS, turns ending with a user turn."""
+def check_output(path: str | Path) -> Path:
+    """Where predictions may go: a .jsonl or .parquet file in a directory that exists (checked
+    before the model loads)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
-    if missing := [f for f in REQUEST_FIELDS if f not in frame.columns]:
-        raise RoutingError(f"{path}: missing field {missing[0]} (each row needs {', '.join(REQUEST_FIELDS)})")
-    rows = frame.to_dicts()
-    for number, row in enumerate(rows, start=1):
-        turns = row["turns"]
-        if not turns or turns[-1].get("role") != "user":
-            raise RoutingError(f"{path}: row {number}, field turns: must end with a user turn")
-    return rows
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise ConfigError(f"--output {path}: predictions are written as a .jsonl or .parquet file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: {path.parent} is not a directory")
+    if path.is_dir():
+        raise ConfigError(f"--output {path}: is a directory")
+    return path
 
 
 def write_predictions(path: str | Path, requests: list[dict], replies: list[str]) -> None:
     path = Path(path)
-    frame = pl.DataFrame(requests).with_columns(prediction=pl.Series(replies, dtype=pl.String))
+    frame = pl.DataFrame(requests, infer_schema_length=None).with_columns(
+        prediction=pl.Series(replies, dtype=pl.String)
+    )
     partial = path.with_name(path.name + ".partial")
     frame.write_parquet(partial) if path.suffix == ".parquet" else frame.write_ndjson(partial)
     partial.replace(path)

@@ -5,11 +5,13 @@ created, never reused, so nothing already logged is overwritten."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import polars as pl
@@ -44,7 +46,23 @@ def _experiment_tags() -> dict[str, str]:
     }
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
+
+
+def require_server(uri: str, key: str = "tracking.uri", timeout: float = 5.0) -> None:
+    """A server's URL (a tracking server, a database) that nothing answers on is an error at
+    once, naming `key`, before anything is written (MLflow would retry for minutes first)."""
+    url = urlsplit(uri)
+    try:
+        port = url.port or DEFAULT_PORTS.get(url.scheme.split("+", 1)[0])
+        socket.create_connection((url.hostname, port), timeout).close()
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{key} {uri}: no server answers there ({err})") from None
+
+
 def experiment_id(cfg: TrackingConfig) -> str:
+    if cfg.uri.split(":", 1)[0].split("+", 1)[0] in DEFAULT_PORTS:  # a server, not a file
+        require_server(cfg.uri)
     if cfg.uri.startswith("sqlite:///"):
         Path(cfg.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.uri)

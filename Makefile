@@ -9,6 +9,7 @@ ARGS ?=
 TRACKING ?= sqlite:///mlruns/mlflow.db
 TRIALS ?=
 WORKERS ?= 1
+GPUS ?=
 STORAGE ?=
 PORT ?= 5000
 
@@ -51,8 +52,8 @@ base: $(STAMP) ## pretrain the tiny base model into models/base
 train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora ARGS="train.lr=1e-3"
 	$(PY) -m research.cli train --method $(METHOD) $(ARGS)
 
-sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [STORAGE=URL] [ARGS=...]
-	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [GPUS=0,1] [STORAGE=URL] [ARGS=...]
+	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(GPUS),--gpus $(GPUS)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 sweep-distributed-test: $(STAMP) ## 2 sweep workers on one study via a real PostgreSQL + MLflow server on 127.0.0.1
 	$(PY) -m pytest -q -m distributed

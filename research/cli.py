@@ -532,6 +532,9 @@ def _analysis_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from research.recipes.logs import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(
         prog="research",
         description="persona-lab: personalization methods as tracked, comparable experiments.",

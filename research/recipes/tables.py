@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -25,8 +26,9 @@ def _console() -> Console:
 
 def _table(title: str) -> Table:
     """A row name, then a column per metric. Metrics never wrap; a long run name wraps (and a
-    word longer than its column folds), so in 80 columns every figure still reads whole."""
-    table = Table(title=title)
+    word longer than its column folds), so in 80 columns every figure still reads whole. No
+    vertical rules: the name keeps their width."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False)
     table.add_column("", overflow="fold", min_width=16)
     for metric in METRICS:
         table.add_column(SHORT[metric], justify="right", no_wrap=True)

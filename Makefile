@@ -19,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench clean
+.PHONY: help setup run instrument test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench gpu-check clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -70,10 +70,13 @@ report: $(STAMP) ## the study's table + plots from MLflow -> reports/report.{md,
 ui-check: $(STAMP) ## the runs table and a two-method comparison in headless Chromium -> reports/ui/*.png
 	$(PY) -m research.cli ui --check --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
 
-BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py
+BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py bench/serving.py
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json; each script runs even if another fails
 	@failed=""; for script in $(BENCHMARKS); do $(PY) $$script $(ARGS) || failed="$$failed $$script"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
+
+gpu-check: $(STAMP) ## one accelerator: LoRA tokens/s + MFU in bf16, 200 adapters vs unified, generation, memory -> bench/results_gpu.json
+	$(PY) bench/gpu_check.py $(ARGS)
 
 clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
 	rm -rf data models mlruns/mlflow.db mlruns/optuna.* mlruns/artifacts .pytest_cache

@@ -114,9 +114,12 @@ def cmd_base(args) -> None:
 def cmd_probe(args) -> None:
     from research.evaluation.probe import copy_probe
     from research.models.base import load_base
+    from research.models.devices import inference_device
     from research.recipes.tables import print_probe
 
-    print_probe(copy_probe(*load_base(args.base), speakers=args.speakers), args.base)
+    tokenizer, model = load_base(args.base)
+    device = inference_device(_serving_config(args).train)
+    print_probe(copy_probe(tokenizer, model.to(device), speakers=args.speakers), args.base)
 
 
 def cmd_train(args) -> None:
@@ -155,7 +158,8 @@ def cmd_score(args) -> None:
 def cmd_sweep(args) -> None:
     from research.recipes.sweep import run_sweep
 
-    summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec)
+    gpus = None if args.gpus is None else [gpu for gpu in args.gpus.split(",") if gpu]
+    summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec, gpus)
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items() if n)
     print(f"study {summary['study']}: {states}; parent MLflow run {summary['parent_run_id']}")
     if summary["best"] is not None:
@@ -220,13 +224,19 @@ def cmd_routing(args) -> None:
 
 def cmd_chat(args) -> None:
     from research.data.schema import validated_requests
+    from research.models.devices import inference_device
     from research.recipes.serve import RoutedModel, current_context, known_users
 
     cfg = _serving_config(args)
     request = {"persona_id": args.persona, **current_context(), "turns": [{"role": "user", "text": args.text}]}
     validated_requests([(1, request)], "the message")
     model = RoutedModel(
-        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
+        cfg.base_model,
+        cfg.tracking.uri,
+        args.routing,
+        cfg.eval.max_new_tokens,
+        known_users(cfg.data.dir),
+        inference_device(cfg.train),
     )
     reply = model.answer([request])[0]
     print(reply)
@@ -236,13 +246,19 @@ def cmd_chat(args) -> None:
 
 def cmd_predict(args) -> None:
     from research.data.schema import read_requests
+    from research.models.devices import inference_device
     from research.recipes.serve import RoutedModel, check_output, known_users, write_predictions
 
     cfg = _serving_config(args)
     check_output(args.output)
     requests = read_requests(args.input)
     model = RoutedModel(
-        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
+        cfg.base_model,
+        cfg.tracking.uri,
+        args.routing,
+        cfg.eval.max_new_tokens,
+        known_users(cfg.data.dir),
+        inference_device(cfg.train),
     )
     write_predictions(args.output, requests, model.answer(requests, cfg.eval.batch_size))
     print(f"{len(requests)} replies through routing revision {model.revision} in {args.output}")
@@ -395,6 +411,9 @@ def _model_and_training_commands(sub) -> None:
     probe.add_argument(
         "--speakers", type=_integer(1), default=150, help="held-out speakers, 2 requests each (default 150)"
     )
+    probe.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="where it runs: train.accelerator, train.devices"
+    )
     probe.set_defaults(func=cmd_probe)
 
     sweep = sub.add_parser(
@@ -414,6 +433,10 @@ def _model_and_training_commands(sub) -> None:
         help="finished trials the study stops at, over all workers and machines (default: the YAML's)",
     )
     sweep.add_argument("--workers", type=_integer(1), default=1, help="worker processes on this host (journal storage)")
+    sweep.add_argument(
+        "--gpus",
+        help="GPUs the workers take, one each, e.g. 0,1,2,3 (default: every GPU this host shows)",
+    )
     sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite, or a journal file for workers > 1)")
     sweep.add_argument(
         "overrides", nargs="*", metavar="key=value", help="fixed for every trial, e.g. train.max_epochs=2"
@@ -441,7 +464,7 @@ def _serving_commands(sub) -> None:
             "overrides",
             nargs="*",
             metavar="key=value",
-            help="tracking.uri=..., base_model=..., eval.max_new_tokens=...",
+            help="tracking.uri=..., base_model=..., eval.max_new_tokens=..., train.accelerator=..., train.devices=...",
         )
 
     register = sub.add_parser("register", help="register a finished run's adapter(s) as an MLflow model version")
@@ -578,6 +601,9 @@ def _analysis_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from research.recipes.logs import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(
         prog="research",
         description="persona-lab: personalization methods as tracked, comparable experiments.",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -138,6 +139,16 @@ class TrainConfig:
     # auto: eager on CPU, where it is 1.2x faster per LoRA step than sdpa on the tiny base
     # (bench: train_eager_vs_sdpa) but slower in generation; as loaded on an accelerator
     attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # where a fit runs (research/models/devices.py); evaluation, the probe and serving use its first device.
+    # accelerator auto: cuda when a GPU is visible, else cpu. devices: "1" (one), "N" (N of them),
+    # "i,j" or "i," (those indices), "auto" (all). strategy auto: one device as it is, several with ddp
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: str = "1"
+    strategy: Literal["auto", "ddp"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|[1-9]\d*|(\d+,)+\d*", self.devices):
+            raise ConfigError(f"train.devices: {self.devices!r} is not allowed (allowed: N, i,j, i, or auto)")
 
 
 @dataclass

@@ -218,9 +218,11 @@ def test_on_a_journal_file_only_trials_of_processes_that_are_gone_are_failed(exp
     assert runs == {str(trials["gone"].number): "FAILED", str(trials["alive"].number): "RUNNING"}
 
 
-def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget(experiment):
+def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget_each_on_its_own_gpu(experiment):
+    """Given two GPUs (a fake list here: the fits fall back to the CPU), each worker sees its
+    own, and every trial's run names the GPU its worker had."""
     overrides = [*experiment, *FAST]
-    summary = run_sweep("unified_lora", overrides, trials=3, workers=2)
+    summary = run_sweep("unified_lora", overrides, trials=3, workers=2, gpus=["0", "1"])
     cfg = load_config(None, overrides, "unified_lora")
     name = study_name("unified_lora", load_spec("unified_lora"), overrides)
     study = optuna.load_study(study_name=name, storage=open_storage(default_storage(cfg.tracking.uri, 2)))
@@ -228,3 +230,17 @@ def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget(exp
     finished = [t for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3 == summary["states"]["COMPLETE"] + summary["states"]["PRUNED"]
     assert len({tuple(sorted(t.params.items())) for t in ran}) == len(ran)
+    client, exp = _client(experiment)
+    runs = client.search_runs([exp], f"tags.study = '{name}'")
+    gpu_of = {r.data.tags["trial"]: r.data.tags["gpu"] for r in runs if "trial" in r.data.tags}
+    gpus_by_worker = {}
+    for trial in ran:
+        gpus_by_worker.setdefault(trial.user_attrs["worker"]["pid"], set()).add(gpu_of[str(trial.number)])
+    assert all(len(gpus) == 1 for gpus in gpus_by_worker.values())  # a worker keeps its GPU
+    held = [gpus.pop() for gpus in gpus_by_worker.values()]
+    assert set(held) <= {"0", "1"} and len(set(held)) == len(held)  # and no two workers hold the same
+
+
+def test_a_sweep_trial_fits_on_one_device(experiment):
+    with pytest.raises(ConfigError, match="a sweep trial fits on one device"):
+        run_sweep("unified_lora", [*experiment, "train.devices=2"], trials=1)

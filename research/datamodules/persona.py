@@ -183,14 +183,23 @@ class PersonaDataModule(L.LightningDataModule):
             batch["group_idx"] = torch.tensor([self.group_of[r["persona_id"]] for r in rows])
         return batch
 
+    def device_batch_size(self) -> int:
+        """`batch_size` is a step's batch over all devices: under DDP each process loads its share
+        (Lightning gives each its part of the data), so a fit on N devices takes the same steps."""
+        return self.batch_size // (self.trainer.world_size if self.trainer else 1)
+
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self.examples["train"], self.batch_size, shuffle=True, generator=generator, collate_fn=self._collate
+            self.examples["train"],
+            self.device_batch_size(),
+            shuffle=True,
+            generator=generator,
+            collate_fn=self._collate,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.examples["val"], self.batch_size * 2, collate_fn=self._collate)
+        return DataLoader(self.examples["val"], self.device_batch_size() * 2, collate_fn=self._collate)
 
     # --- evaluation turns -----------------------------------------------------
 

@@ -63,11 +63,6 @@ class Exchange:
     row: int  # into the index's embedding matrix
 
 
-def past_splits(history: str) -> set[str]:
-    """The splits a test-time prompt may retrieve from (evaluation and the history saved for serving)."""
-    return {"train", "val"} if history == "train+val" else {"train"}
-
-
 class HistoryIndex:
     """Every user turn of a dataset embedded once (cached beside the token cache), and each
     persona's exchanges in time order."""
@@ -113,13 +108,14 @@ class HistoryIndex:
                 np.save(partial, self.vectors)
             os.replace(partial.name, path)
 
-    def candidates(self, persona: str, dialogue_id: str, split: str, history: str) -> list[Exchange]:
-        """What a prompt of `dialogue_id` may retrieve (the module docstring's rules)."""
+    def candidates(self, persona: str, split: str, history: str, dialogue_id: str | None = None) -> list[Exchange]:
+        """What a prompt of `split` may retrieve (the module docstring's rules): a prompt of
+        `dialogue_id`, or (None) a request after every dialogue, as served."""
         exchanges = self.exchanges.get(persona, [])
         if split == "train":
             return [e for e in exchanges if e.split == "train" and e.dialogue_id != dialogue_id]
-        allowed = past_splits(history) if split == "test" else {"train"}
-        first = next(e.order for e in exchanges if e.dialogue_id == dialogue_id)
+        allowed = {"train", "val"} if split == "test" and history == "train+val" else {"train"}
+        first = next((e.order for e in exchanges if e.dialogue_id == dialogue_id), len(exchanges))
         return [e for e in exchanges if e.split in allowed and e.order < first]
 
 
@@ -166,7 +162,7 @@ class RetrievalContext:
         """The k exchanges for the prompt of `dialogue`'s assistant turn `turn` (None: the
         whole dialogue as trained on, queried by its first user turn), oldest first."""
         candidates = self.index.candidates(
-            dialogue["persona_id"], dialogue["dialogue_id"], dialogue["split"], self.args.history
+            dialogue["persona_id"], dialogue["split"], self.args.history, dialogue["dialogue_id"]
         )
         query = self.index.vectors[self.index.queries[dialogue["dialogue_id"], turn or 0]]
         return select(candidates, self.index.vectors, query, self.args.k, self.args.strategy)
@@ -204,18 +200,13 @@ class RetrievalModule(AdaptationModule):
     def save_adapter(self, directory) -> None:
         self.model.save_pretrained(directory)
         write_manifest(directory, self.adapter_kind, context=self.context.spec())
-        # what a served test-time prompt may retrieve from: each persona's history as evaluated
-        allowed = past_splits(self.args.history)
+        # what a served request may retrieve: what a test prompt after every dialogue may
+        index = self.context.index
         with open(Path(directory) / HISTORY_FILE, "w") as file:
-            for persona, exchanges in sorted(self.context.index.exchanges.items()):
-                for e in exchanges:
-                    if e.split in allowed:
-                        file.write(
-                            json.dumps(
-                                {"persona_id": persona, "user": e.user, "reply": e.reply, "settings": e.settings}
-                            )
-                            + "\n"
-                        )
+            for persona in sorted(index.exchanges):
+                for e in index.candidates(persona, "test", self.args.history):
+                    row = {"persona_id": persona, "user": e.user, "reply": e.reply, "settings": e.settings}
+                    file.write(json.dumps(row) + "\n")
 
 
 HISTORY_FILE = "history.jsonl"
@@ -233,7 +224,7 @@ class ServedRetrieval:
         self.k, self.strategy, self.format = settings["k"], settings["strategy"], settings["format"]
         self.embedder, self.memory = load_embedder(settings["embedder"]), memory
         self.exchanges: dict[str, list[Exchange]] = {}
-        self.vectors = np.zeros((0, self.embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+        self.vectors = np.zeros((0, self.embedder.get_embedding_dimension()), dtype=np.float32)
         if not (adapter / HISTORY_FILE).exists():
             raise ConfigError(
                 f"{adapter} has no {HISTORY_FILE}: a retrieval adapter saved before serving kept its history; "
@@ -268,10 +259,25 @@ class ServedRetrieval:
             file.write(json.dumps(row) + "\n")
         self._add([row])
 
-    def system(self, request: dict, user: dict, turn: int | None = None) -> str:
-        system = self.base.system(request, user, turn)
+    def retrieved_system(self, request: dict, user: dict, query: np.ndarray) -> str:
+        """The request's system turn with what its `query` (embed_queries) retrieves."""
+        system = self.base.system(request, user, None)
         candidates = self.exchanges.get(request["persona_id"], [])
         if not (self.k and candidates):
             return system
-        query = self.embedder.encode([request["turns"][-1]["text"]], normalize_embeddings=True, convert_to_numpy=True)
-        return render(system, select(candidates, self.vectors, query[0], self.k, self.strategy), self.format)
+        return render(system, select(candidates, self.vectors, query, self.k, self.strategy), self.format)
+
+
+def embed_queries(contexts: list[ServedRetrieval], requests: list[dict]) -> list[np.ndarray]:
+    """Each request's query, its last user turn, embedded by its adapter's embedder: all the
+    queries of one embedder in one call (a `predict` file's at once), not one call a request."""
+    vectors: list[np.ndarray] = [np.empty(0)] * len(requests)
+    by_embedder: dict = {}
+    for i, context in enumerate(contexts):
+        by_embedder.setdefault(context.embedder, []).append(i)
+    for embedder, index in by_embedder.items():
+        texts = [requests[i]["turns"][-1]["text"] for i in index]
+        encoded = embedder.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+        for i, vector in zip(index, encoded, strict=True):
+            vectors[i] = vector
+    return vectors

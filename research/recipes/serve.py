@@ -25,7 +25,7 @@ from research.evaluation.metrics import extract
 from research.models.base import load_base
 from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
-from research.modules.retrieval import ServedRetrieval
+from research.modules.retrieval import ServedRetrieval, embed_queries
 from research.modules.soft_prompts import left_padded, prepend, read_prompt
 from research.tracking.registry import RoutingError, adapter_dir, load_table
 
@@ -51,7 +51,8 @@ ADAPTER_KINDS = ("lora", "lora+context", "prompt+lora")  # what serving can answ
 
 class RoutedModel:
     """`users`: what the assistant knows of each persona (persona_id -> name, description...),
-    for the system turn; a request's own `name` stands in for a persona it does not know."""
+    for the system turn; a request's own `name` stands in for a persona it does not know.
+    `device`: where the model answers (research.models.devices.inference_device)."""
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class RoutedModel:
         routing_dir: str | Path,
         max_new_tokens: int = 64,
         users: dict[str, dict] | None = None,
+        device: str | torch.device = "cpu",
     ):
         table = load_table(routing_dir)
         if table is None:
@@ -109,7 +111,7 @@ class RoutedModel:
             load_group(layers, slot, factors)
         load_group(layers, len(adapters), {})
         self.hidden = self.model.get_input_embeddings().weight.shape[1]
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
         self.model.to(self.device).eval()
         group = {key: g for g, key in enumerate(keys)}
         self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
@@ -128,6 +130,19 @@ class RoutedModel:
         context.remember(persona_id, user_text, reply, settings)
         return True
 
+    def system_turns(self, requests: list[dict]) -> list[str]:
+        """Each request's system turn, written by its adapter's context provider; the queries
+        of retrieval adapters are embedded together (embed_queries)."""
+        groups = [self.group_of.get(r["persona_id"], self.fallback) for r in requests]
+        users = [self.users.get(r["persona_id"], r) for r in requests]
+        retrieving = [i for i, g in enumerate(groups) if isinstance(self.contexts[g], ServedRetrieval)]
+        vectors = embed_queries([self.contexts[groups[i]] for i in retrieving], [requests[i] for i in retrieving])
+        queries = dict(zip(retrieving, vectors, strict=True))
+        return [
+            self.contexts[g].retrieved_system(r, u, queries[i]) if i in queries else self.contexts[g].system(r, u, None)
+            for i, (r, g, u) in enumerate(zip(requests, groups, users, strict=True))
+        ]
+
     def answer(self, requests: list[dict], batch_size: int = 128) -> list[str]:
         """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
         unknown = sorted({r["persona_id"] for r in requests} - self.group_of.keys())
@@ -136,12 +151,8 @@ class RoutedModel:
             print(f"warning: no route for {', '.join(unknown)}: answered by {by}", file=sys.stderr)
         groups = [self.group_of.get(r["persona_id"], self.fallback) for r in requests]
         prompts = [
-            chat_ids(
-                self.tokenizer,
-                conversation(r, self.contexts[g].system(r, self.users.get(r["persona_id"], r), None)),
-                generation_prompt=True,
-            )
-            for r, g in zip(requests, groups, strict=True)
+            chat_ids(self.tokenizer, conversation(r, system), generation_prompt=True)
+            for r, system in zip(requests, self.system_turns(requests), strict=True)
         ]
         replies = [""] * len(requests)
         for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):

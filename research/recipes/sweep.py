@@ -37,13 +37,18 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
   several on one host; any Optuna storage URL (postgresql://...) given as `storage`.
   The study exists before any worker starts. Each worker loads the base model and the
   tokenized data once, not per trial.
+- GPUs: each worker takes one of this host's GPUs (every visible one, or the list given)
+  and sees only it (CUDA_VISIBLE_DEVICES), so no two share one; each trial fits on one
+  device (train.devices=1) and its run is tagged `gpu`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import socket
 import tempfile
 import time
@@ -172,7 +177,16 @@ def suggest(trial, space: dict) -> list[str]:
 
 # Where things are on one machine, not what the study is: each machine has its own copies
 # (the study's lineage check compares their content) and reaches the servers by its own URL.
-LOCAL_KEYS = ("data.dir", "data.cache_dir", "base_model", "tracking.uri", "tracking.artifacts")
+LOCAL_KEYS = (
+    "data.dir",
+    "data.cache_dir",
+    "base_model",
+    "tracking.uri",
+    "tracking.artifacts",
+    "train.accelerator",
+    "train.devices",
+    "train.strategy",
+)
 
 
 def study_name(method: str, spec: SweepSpec, overrides: list[str]) -> str:
@@ -359,6 +373,7 @@ class Sweep:
     tracking_uri: str
     experiment: str
     parent_run_id: str = ""
+    gpu: str = ""  # the GPU this worker sees (empty: none assigned)
 
     def study(self):
         return optuna.load_study(
@@ -405,7 +420,7 @@ class Sweep:
             if self.spec.objective != "val/loss":
                 callbacks.append(GenerativeValidation(cfg))
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.spec.objective))
-        tags = {"study": self.name, "trial": str(trial.number)}
+        tags = {"study": self.name, "trial": str(trial.number), **({"gpu": self.gpu} if self.gpu else {})}
         result = train_and_evaluate(cfg, self.parent_run_id, tags, callbacks)
         trial.set_user_attr("run_id", result.run_id)
         if self.spec.objective not in result.metrics:
@@ -430,6 +445,45 @@ class Sweep:
 
 def _worker(sweep: Sweep) -> None:
     sweep.work()
+
+
+def visible_gpus() -> list[str]:
+    """This host's GPUs as CUDA names them: CUDA_VISIBLE_DEVICES's entries, or every index."""
+    import torch
+
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [gpu for gpu in visible.split(",") if gpu]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
+    """Each worker's own GPU, the first `workers` of `gpus` (a trial fits on one device, so a
+    worker has no use for a second). Without GPUs the workers share the CPU (None each); more
+    workers than GPUs would share one, and are refused."""
+    if not gpus:
+        return [None] * workers
+    if workers > len(gpus):
+        raise ConfigError(
+            f"{workers} workers on {len(gpus)} GPU(s) ({','.join(gpus)}) would share a GPU: run at most {len(gpus)}"
+        )
+    return gpus[:workers]
+
+
+def _start_worker(context, sweep: Sweep, gpu: str | None):
+    """A worker process that sees only `gpu` (as cuda:0). CUDA reads CUDA_VISIBLE_DEVICES once,
+    when a process first uses it, so the process is started with it already set."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        process = context.Process(target=_worker, args=(dataclasses.replace(sweep, gpu=gpu or ""),))
+        process.start()
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+    return process
 
 
 def _counted(study) -> int:
@@ -566,10 +620,12 @@ def run_sweep(
     workers: int = 1,
     storage: str | None = None,
     spec_path: str | Path | None = None,
+    gpus: list[str] | None = None,
 ) -> dict:
     """Create or join the study, run trials on `workers` processes until it has its trial
-    count, and summarise it on the parent MLflow run. Any number of machines may run this
-    at once on one storage and tracking server."""
+    count, and summarise it on the parent MLflow run. Each worker takes one of `gpus` (default:
+    every GPU this host shows). Any number of machines may run this at once on one storage and
+    tracking server."""
     import mlflow
 
     overrides = list(overrides)
@@ -577,6 +633,13 @@ def run_sweep(
         check_storage_url(storage)
     spec = load_spec(method, spec_path, overrides)
     cfg = load_config(None, overrides, method)
+    if cfg.train.devices != "1" or cfg.train.strategy != "auto":
+        raise ConfigError(
+            "a sweep trial fits on one device (train.devices=1, train.strategy=auto); a sweep spreads over GPUs "
+            "with its workers, one GPU each (--workers N [--gpus LIST])"
+        )
+    available = visible_gpus() if gpus is None else gpus
+    assigned = worker_gpus(workers, available)
     defaults = ExperimentConfig()
     if (cfg.data.dir, cfg.base_model) == (defaults.data.dir, defaults.base_model):
         ensure_data_and_base(cfg)  # a fresh clone's `make sweep`; data or a base named elsewhere must exist
@@ -605,13 +668,15 @@ def run_sweep(
         f"study {name} ({storage}): {done} of {budget} trials done, running on {workers} worker(s) here"
         + (f"; {interrupted} trial(s) of stopped workers marked failed" if interrupted else "")
     )
-    if workers == 1:
+    if available:
+        print(", ".join(f"worker {k}: GPU {gpu}" for k, gpu in enumerate(assigned)))
+    if unused := available[workers:]:
+        print(f"GPU {','.join(unused)} unused: --workers {len(available)} would use every GPU")
+    if workers == 1 and assigned[0] is None:
         sweep.work()
     elif done < budget:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(sweep,)) for _ in range(workers)]
-        for process in processes:
-            process.start()
+        processes = [_start_worker(context, sweep, gpu) for gpu in assigned]
         for process in processes:
             process.join()
     fail_stopped_workers(study, client, experiment, spec.heartbeat["grace"])

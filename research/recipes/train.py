@@ -40,6 +40,7 @@ from research.evaluation.clustering import (
 )
 from research.evaluation.generation import generate_split, score
 from research.models.base import base_fingerprint, load_base
+from research.models.devices import inference_device, trainer_devices
 from research.models.embedder import check_embedders
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
@@ -83,11 +84,13 @@ def monitor_mode(train: TrainConfig) -> Literal["min", "max"]:
     return "min" if "loss" in train.monitor.rsplit("/", 1)[-1] else "max"
 
 
-def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
-    """The Trainer every method fits with (benchmarks use it too, so they measure this)."""
+def make_trainer(cfg: ExperimentConfig, logger=None, per_group_weights: bool = False, **overrides) -> L.Trainer:
+    """The Trainer every method fits with (benchmarks use it too, so they measure this), on the
+    config's devices; `per_group_weights`: the module's (research/modules/base.py)."""
     # tqdm like every other bar here (rich draws nothing in logs); none where a caller turns bars off
     progress = [TQDMProgressBar(refresh_rate=10)] if overrides.get("enable_progress_bar", True) else []
     settings = dict(
+        **trainer_devices(cfg.train, per_group_weights),
         max_epochs=cfg.train.max_epochs,
         precision=cfg.train.precision,
         limit_train_batches=cfg.train.limit_train_batches,
@@ -107,7 +110,12 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
 
 def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None, callbacks=()) -> None:
     logger = run_id and RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id)
-    trainer = make_trainer(cfg, logger)
+    trainer = make_trainer(cfg, logger, module.per_group_weights)
+    if cfg.train.batch_size % trainer.world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} is the batch of a step over all devices: it does not split "
+            f"evenly over {trainer.world_size} devices"
+        )
     if cfg.train.monitor != "val/loss" and not any(isinstance(c, GenerativeValidation) for c in callbacks):
         callbacks = [GenerativeValidation(cfg), *callbacks]  # the monitored metric must exist each epoch
     trainer.callbacks.extend(callbacks)
@@ -126,9 +134,12 @@ class GenerativeValidation(Callback):
     def on_validation_epoch_end(self, trainer, module) -> None:
         if trainer.sanity_checking:
             return
-        predictions = generate_split(module, trainer.datamodule, "val", self.cfg.eval, self.cfg.train.precision)
-        for name, value in score(predictions, self.cfg.eval.embedder)[2].items():
-            module.log(f"val/{name}", value)
+        scores = None
+        if trainer.is_global_zero:  # under DDP one process generates, and every process logs its scores
+            predictions = generate_split(module, trainer.datamodule, "val", self.cfg.eval, self.cfg.train.precision)
+            scores = score(predictions, self.cfg.eval.embedder)[2]
+        for name, value in trainer.strategy.broadcast(scores).items():
+            module.log(f"val/{name}", value, sync_dist=True)
 
 
 @cache
@@ -327,7 +338,7 @@ def train_and_evaluate(
         fit_started = time.perf_counter()
         if module.trainable:
             fit(module, datamodule, cfg, run.info.run_id, callbacks)
-        module.to("cuda" if torch.cuda.is_available() else "cpu")
+        module.to(inference_device(cfg.train))
         eval_started = time.perf_counter()
         metrics, personas, predictions = {}, [], []
         for split in cfg.eval.splits:

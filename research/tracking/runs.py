@@ -137,9 +137,13 @@ def find_run(client, experiment: str, run_id: str):
             return client.get_run(run_id)
         except MlflowException as err:
             raise RunNotFound(f"run {run_id} does not exist ({client.tracking_uri})") from err
-    matches = [run for run in iter_runs(client, experiment) if run.info.run_id.startswith(run_id)]
+    # asked of the store (two at most: one is the answer, two say it is ambiguous); an id is hex,
+    # so nothing else is let into the filter
+    matches = []
+    if run_id.isalnum():
+        matches = client.search_runs([experiment], f"attributes.run_id LIKE '{run_id}%'", max_results=2)
     if len(matches) != 1:
-        found = "no run" if not matches else f"{len(matches)} runs"
+        found = "no run" if not matches else "more than one run"
         raise RunNotFound(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")
     return matches[0]
 

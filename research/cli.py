@@ -580,7 +580,11 @@ def _analysis_commands(sub) -> None:
         "seed; methods built on others get the study's runs of the same seed. Interrupted, the same command "
         "resumes. Then the report over exactly these runs (seeds parents with per-persona means when --seeds > 1).",
     )
-    study.add_argument("--methods", help="comma-separated subset (default: every registered method)")
+    study.add_argument(
+        "--methods",
+        help="comma-separated subset (default: every registered method); a method brings its variants, a variant "
+        "named alone (e.g. \"retrieval trained with context\") comes alone",
+    )
     study.add_argument(
         "--seeds", type=_integer(1), default=1, help="training seeds per method (default 1; the full study: 3)"
     )

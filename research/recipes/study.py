@@ -51,21 +51,24 @@ VARIANTS = {
 }
 
 
-def check_methods(methods: list[str]) -> None:
-    if unknown := [m for m in methods if m not in METHODS]:
-        raise ConfigError(f"--methods: {unknown[0]!r} is not registered (allowed: {', '.join(METHODS)})")
+def check_methods(methods: list[str], variants: bool = False) -> None:
+    allowed = [*METHODS, *(v.name for vs in VARIANTS.values() for v in vs)] if variants else list(METHODS)
+    if unknown := [m for m in methods if m not in allowed]:
+        raise ConfigError(f"--methods: {unknown[0]!r} is not registered (allowed: {', '.join(allowed)})")
 
 
 def study_entries(methods: list[str] | None = None) -> list[Entry]:
-    """The instrument rows, then `methods` (default: every registered one) and their variants,
-    in an order where every source comes before the methods built on it."""
+    """The instrument rows, then `methods` (default: every registered one; a method brings its
+    variants, a variant named alone comes alone), in an order where every source comes before
+    the methods built on it."""
     chosen = list(METHODS) if not methods else methods
-    check_methods(chosen)
+    check_methods(chosen, variants=True)
+    variants = {v.name: v for vs in VARIANTS.values() for v in vs}
     entries = [
         Entry(name, "unified_lora", (f"data.oracle={oracle}",), tag) for oracle, (tag, name) in INSTRUMENT_ROWS.items()
     ]
-    for method in ["unified_lora", *(m for m in chosen if m != "unified_lora")]:
-        entries += [Entry(method, method), *VARIANTS.get(method, [])]
+    for name in ["unified_lora", *(m for m in chosen if m != "unified_lora")]:
+        entries += [variants[name]] if name in variants else [Entry(name, name), *VARIANTS.get(name, [])]
     return sources_first(entries)
 
 

@@ -1,4 +1,7 @@
 import polars as pl
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from research.config import DataConfig
 from research.datamodules.persona import PersonaDataModule
@@ -145,3 +148,28 @@ def test_a_context_provider_shapes_training_and_each_eval_prompt_and_keys_the_ca
         prompt = tokenizer.decode(row["prompt_ids"])
         assert prompt.startswith(f"<|im_start|>system\nContext: turn {row['turn']}.")
         assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=900),
+    batch_size=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+)
+def test_length_grouped_batches_are_a_permutation_with_less_padding_and_whole_batches(lengths, batch_size, seed):
+    from research.datamodules.persona import LengthGroupedSampler
+
+    sampler = LengthGroupedSampler(lengths, batch_size, torch.Generator().manual_seed(seed))
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))  # every row once per epoch
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # the loader's batches are the sampler's: only the last may be short, and each is one length group
+    assert all(len(b) == batch_size for b in batches[:-1])
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def padded(sequence):
+        return sum(max(lengths[i] for i in sequence[k : k + batch_size]) * len(sequence[k : k + batch_size])
+                   for k in range(0, len(sequence), batch_size))  # fmt: skip
+
+    assert padded(order) <= padded(shuffled) or len(lengths) > batch_size * LengthGroupedSampler.MEGABATCH
+    assert list(LengthGroupedSampler(lengths, batch_size, torch.Generator().manual_seed(seed))) == order

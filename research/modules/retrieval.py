@@ -49,6 +49,13 @@ class RetrievalConfig:
     history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from
     train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
     embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    # share of personas held out of training (cold-start evaluation, Needs.held_out): their
+    # history is retrieved like anyone's, and unified_run must hold out the same personas
+    held_out: float = 0.0
+
+
+# settings that change what is trained on, not what a prompt says
+TRAINING_SETTINGS = ("unified_run", "train_with_context", "held_out")
 
 
 @dataclass(frozen=True)
@@ -177,11 +184,11 @@ class RetrievalContext:
     def fingerprint(self) -> str:
         if not self.args.k:  # the default prompts, token for token: share their cache
             return self.base.fingerprint()
-        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        settings = {k: v for k, v in asdict(self.args).items() if k not in TRAINING_SETTINGS}
         return fingerprint_of(type(self).__name__, self.base.fingerprint(), settings)
 
     def spec(self) -> dict:
-        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        settings = {k: v for k, v in asdict(self.args).items() if k not in TRAINING_SETTINGS}
         return {**self.base.spec(), "provider": "retrieval", "retrieval": settings}
 
 
@@ -191,7 +198,7 @@ class RetrievalModule(AdaptationModule):
 
     @classmethod
     def needs(cls, args: RetrievalConfig) -> Needs:
-        return Needs(context=lambda data: RetrievalContext(default_context(data), data, args))
+        return Needs(context=lambda data: RetrievalContext(default_context(data), data, args), held_out=args.held_out)
 
     def __init__(self, model, tokenizer, train, args: RetrievalConfig, provided) -> None:
         adapter = provided.source("unified_run").artifacts / "adapter"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
 
-from research.modules.base import AdaptationModule
+from research.modules.base import AdaptationModule, Needs
 
 
 @dataclass
@@ -18,6 +18,9 @@ class UnifiedLoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # share of personas held out of training, for cold-start evaluation (Needs.held_out); a
+    # method with an adapter per persona cannot train without some of them
+    held_out: float = 0.0
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(
@@ -32,6 +35,10 @@ class UnifiedLoraConfig:
 class UnifiedLoraModule(AdaptationModule):
     config_class = UnifiedLoraConfig
     adapter_kind = "lora"
+
+    @classmethod
+    def needs(cls, args: UnifiedLoraConfig) -> Needs:
+        return Needs(held_out=args.held_out)
 
     def __init__(self, model, tokenizer, train, args: UnifiedLoraConfig, provided=None) -> None:
         super().__init__(get_peft_model(model, args.peft_config()), tokenizer, train, args)

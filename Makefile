@@ -9,6 +9,7 @@ ARGS ?=
 TRACKING ?= sqlite:///mlruns/mlflow.db
 TRIALS ?=
 WORKERS ?= 1
+GPUS ?=
 STORAGE ?=
 PORT ?= 5000
 SEEDS ?= 1
@@ -20,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument study test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench clean
+.PHONY: help setup run instrument study test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench gpu-check clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -56,8 +57,8 @@ base: $(STAMP) ## pretrain the tiny base model into models/base
 train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora ARGS="train.lr=1e-3"
 	$(PY) -m research.cli train --method $(METHOD) $(ARGS)
 
-sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [STORAGE=URL] [ARGS=...]
-	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+sweep: $(STAMP) ## Optuna sweep: make sweep METHOD=constrained_lora [TRIALS=N] [WORKERS=W] [GPUS=0,1] [STORAGE=URL] [ARGS=...]
+	$(PY) -m research.cli sweep --method $(METHOD) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(GPUS),--gpus $(GPUS)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 sweep-distributed-test: $(STAMP) ## 2 sweep workers on one study via a real PostgreSQL + MLflow server on 127.0.0.1
 	$(PY) -m pytest -q -m distributed
@@ -74,10 +75,13 @@ report: $(STAMP) ## the study's table + plots from MLflow -> reports/report.{md,
 ui-check: $(STAMP) ## the runs table and a two-method comparison in headless Chromium -> reports/ui/*.png
 	$(PY) -m research.cli ui --check --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
 
-BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py
+BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py bench/serving.py
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json; each script runs even if another fails
 	@failed=""; for script in $(BENCHMARKS); do $(PY) $$script $(ARGS) || failed="$$failed $$script"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
+
+gpu-check: $(STAMP) ## one accelerator: LoRA tokens/s + MFU in bf16, 200 adapters vs unified, generation, memory -> bench/results_gpu.json
+	$(PY) bench/gpu_check.py $(ARGS)
 
 clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
 	rm -rf data models mlruns/mlflow.db mlruns/optuna.* mlruns/artifacts .pytest_cache

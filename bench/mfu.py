@@ -46,15 +46,21 @@ KINDS = (
 )
 
 
-def peak_gflops(dtype: torch.dtype, hidden: int, intermediate: int, tokens: int = 512, repeats: int = 20) -> float:
+def peak_gflops(
+    dtype: torch.dtype, hidden: int, intermediate: int, tokens: int = 512, repeats: int = 20, device="cpu"
+) -> float:
     best = 0.0
     for n in (hidden, intermediate, 4 * hidden):
-        a, b = torch.randn(tokens, hidden, dtype=dtype), torch.randn(hidden, n, dtype=dtype)
+        a = torch.randn(tokens, hidden, dtype=dtype, device=device)
+        b = torch.randn(hidden, n, dtype=dtype, device=device)
         for _ in range(3):  # warm up the kernels
             a @ b
+        synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+        synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize()  # a GPU runs the multiplies after the calls return
         best = max(best, 2 * tokens * hidden * n * repeats / (time.perf_counter() - start) / 1e9)
     return best
 

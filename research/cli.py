@@ -27,6 +27,32 @@ EPILOG = """examples:
 """
 
 
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], refused with the allowed range (argparse
+    names the option and exits 2 before anything runs)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"at least {low}" if high is None else f"{low}..{high}"
+            raise argparse.ArgumentTypeError(f"{value} is not allowed ({allowed})")
+        return value
+
+    return parse
+
+
+def _dataset_out(path: str) -> Path:
+    """Where a dataset is written: a directory, replaced whole, never a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        from research.config import ConfigError
+
+        raise ConfigError(f"--out {path}: is a file, not a dataset directory")
+    return Path(path)
+
+
 def _dataclass_overrides(cls, overrides: list[str]):
     from research.config import build, parse_overrides
 
@@ -39,7 +65,7 @@ def cmd_data_generate(args) -> None:
     from research.recipes.tables import print_headroom
 
     cfg = _dataclass_overrides(SimulatorConfig, args.overrides)
-    summary = generate_dataset(cfg, args.out)
+    summary = generate_dataset(cfg, _dataset_out(args.out))
     print(f"wrote {args.out}/personas ({cfg.personas} personas x {cfg.dialogues} dialogues) and {args.out}/neutral")
     print_headroom(summary["oracle_headroom"])
 
@@ -55,11 +81,12 @@ def cmd_data_import(args) -> None:
     from research.data.schema import load_dataset, write_dataset
 
     personas, dialogues = load_dataset(args.src)  # raises before anything is written
-    write_dataset(args.out, personas, dialogues, {"imported_from": str(Path(args.src).resolve())})
+    write_dataset(_dataset_out(args.out), personas, dialogues, {"imported_from": str(Path(args.src).resolve())})
     print(f"imported {personas.height} personas and {dialogues.height} dialogues into {args.out}")
 
 
 def cmd_base(args) -> None:
+    from research.config import ConfigError
     from research.models.base import BaseConfig
     from research.models.gguf import PRESETS, convert_gguf, install_preset
     from research.recipes.base import against_shipped, pretrain_base
@@ -67,7 +94,7 @@ def cmd_base(args) -> None:
 
     if args.from_preset:
         if args.from_preset not in PRESETS:
-            raise FileNotFoundError(f"--from {args.from_preset!r}: no such preset (allowed: {', '.join(PRESETS)})")
+            raise ConfigError(f"--from {args.from_preset!r}: no such preset (allowed: {', '.join(PRESETS)})")
         out = args.out if args.out != "models/base" else f"models/{args.from_preset}"
         stats = convert_gguf(install_preset(PRESETS[args.from_preset]), out)
         print(
@@ -87,9 +114,12 @@ def cmd_base(args) -> None:
 def cmd_probe(args) -> None:
     from research.evaluation.probe import copy_probe
     from research.models.base import load_base
+    from research.models.devices import inference_device
     from research.recipes.tables import print_probe
 
-    print_probe(copy_probe(*load_base(args.base), speakers=args.speakers), args.base)
+    tokenizer, model = load_base(args.base)
+    device = inference_device(_serving_config(args).train)
+    print_probe(copy_probe(tokenizer, model.to(device), speakers=args.speakers), args.base)
 
 
 def cmd_train(args) -> None:
@@ -128,7 +158,8 @@ def cmd_score(args) -> None:
 def cmd_sweep(args) -> None:
     from research.recipes.sweep import run_sweep
 
-    summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec)
+    gpus = None if args.gpus is None else [gpu for gpu in args.gpus.split(",") if gpu]
+    summary = run_sweep(args.method, args.overrides, args.trials, args.workers, args.storage, args.spec, gpus)
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items() if n)
     print(f"study {summary['study']}: {states}; parent MLflow run {summary['parent_run_id']}")
     if summary["best"] is not None:
@@ -192,13 +223,21 @@ def cmd_routing(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    from research.data.schema import validated_requests
+    from research.models.devices import inference_device
     from research.recipes.serve import RoutedModel, current_context, known_users
 
     cfg = _serving_config(args)
-    model = RoutedModel(
-        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
-    )
     request = {"persona_id": args.persona, **current_context(), "turns": [{"role": "user", "text": args.text}]}
+    validated_requests([(1, request)], "the message")
+    model = RoutedModel(
+        cfg.base_model,
+        cfg.tracking.uri,
+        args.routing,
+        cfg.eval.max_new_tokens,
+        known_users(cfg.data.dir),
+        inference_device(cfg.train),
+    )
     reply = model.answer([request])[0]
     print(reply)
     if args.remember and not model.remember(args.persona, args.text, reply):
@@ -206,12 +245,20 @@ def cmd_chat(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from research.recipes.serve import RoutedModel, known_users, read_requests, write_predictions
+    from research.data.schema import read_requests
+    from research.models.devices import inference_device
+    from research.recipes.serve import RoutedModel, check_output, known_users, write_predictions
 
     cfg = _serving_config(args)
+    check_output(args.output)
     requests = read_requests(args.input)
     model = RoutedModel(
-        cfg.base_model, cfg.tracking.uri, args.routing, cfg.eval.max_new_tokens, known_users(cfg.data.dir)
+        cfg.base_model,
+        cfg.tracking.uri,
+        args.routing,
+        cfg.eval.max_new_tokens,
+        known_users(cfg.data.dir),
+        inference_device(cfg.train),
     )
     write_predictions(args.output, requests, model.answer(requests, cfg.eval.batch_size))
     print(f"{len(requests)} replies through routing revision {model.revision} in {args.output}")
@@ -307,8 +354,6 @@ def _data_commands(sub) -> None:
 
 def _model_and_training_commands(sub) -> None:
     """base, train, probe, sweep, cluster"""
-    from research.models.base import BaseConfig
-
     base = sub.add_parser(
         "base",
         help="pretrain the tiny base model (the shipped one, from code), or install a real instruction model",
@@ -324,7 +369,13 @@ def _model_and_training_commands(sub) -> None:
     base.add_argument("--from", dest="from_preset", metavar="PRESET", help="smollm2-135m-instruct")
     base.add_argument("--data", default="data/neutral", help="persona-neutral dataset to pretrain on")
     base.add_argument("--out", default="models/base", help="Hugging Face directory to write")
-    base.add_argument("overrides", nargs="*", metavar="key=value", help=str(asdict(BaseConfig())))
+    # the keys without importing the model stack (torch, Lightning): every command builds this parser
+    base.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="BaseConfig keys (research/models/base.py), e.g. hidden_size=256 num_layers=4 epochs=4 lr=3e-3",
+    )
     base.set_defaults(func=cmd_base)
 
     train = sub.add_parser(
@@ -337,7 +388,7 @@ def _model_and_training_commands(sub) -> None:
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.add_argument(
         "--seeds",
-        type=int,
+        type=_integer(1),
         default=1,
         help="train over N seeds (seed, seed+1, ...) as child runs of a parent holding per-persona means "
         "across them; `research compare PARENT` then compares seed-averaged scores",
@@ -357,7 +408,12 @@ def _model_and_training_commands(sub) -> None:
         "runs (`make instrument`).",
     )
     probe.add_argument("--base", default="models/base", help="model directory or hub name (default: models/base)")
-    probe.add_argument("--speakers", type=int, default=150, help="held-out speakers, 2 requests each (default 150)")
+    probe.add_argument(
+        "--speakers", type=_integer(1), default=150, help="held-out speakers, 2 requests each (default 150)"
+    )
+    probe.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="where it runs: train.accelerator, train.devices"
+    )
     probe.set_defaults(func=cmd_probe)
 
     sweep = sub.add_parser(
@@ -373,10 +429,14 @@ def _model_and_training_commands(sub) -> None:
     sweep.add_argument("--spec", help="search-space YAML (default: sweeps/METHOD.yaml)")
     sweep.add_argument(
         "--trials",
-        type=int,
+        type=_integer(1),
         help="finished trials the study stops at, over all workers and machines (default: the YAML's)",
     )
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this host (journal storage)")
+    sweep.add_argument("--workers", type=_integer(1), default=1, help="worker processes on this host (journal storage)")
+    sweep.add_argument(
+        "--gpus",
+        help="GPUs the workers take, one each, e.g. 0,1,2,3 (default: every GPU this host shows)",
+    )
     sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite, or a journal file for workers > 1)")
     sweep.add_argument(
         "overrides", nargs="*", metavar="key=value", help="fixed for every trial, e.g. train.max_epochs=2"
@@ -404,7 +464,7 @@ def _serving_commands(sub) -> None:
             "overrides",
             nargs="*",
             metavar="key=value",
-            help="tracking.uri=..., base_model=..., eval.max_new_tokens=...",
+            help="tracking.uri=..., base_model=..., eval.max_new_tokens=..., train.accelerator=..., train.devices=...",
         )
 
     register = sub.add_parser("register", help="register a finished run's adapter(s) as an MLflow model version")
@@ -435,7 +495,7 @@ def _serving_commands(sub) -> None:
     )
     routing.add_argument("action", choices=["show", "history", "rollback", "verify"])
     routing.add_argument("--routing", default="routing", help="routing table directory (default: routing)")
-    routing.add_argument("--to", type=int, help="rollback: the revision to restore (default: the previous one)")
+    routing.add_argument("--to", type=_integer(1), help="rollback: the revision to restore (default: the previous one)")
     routing.add_argument("--fix", action="store_true", help="verify: set the aliases the table implies")
     serving_overrides(routing)
     routing.set_defaults(func=cmd_routing)
@@ -533,7 +593,7 @@ def _analysis_commands(sub) -> None:
         "comparison of the latest runs of two methods in headless Chromium, saves screenshots under --out, "
         "and exits 1 if a page shows an error or not the runs.",
     )
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_integer(1, 65535), default=5000)
     ui.add_argument("--check", action="store_true", help="screenshot and check the pages instead of serving")
     ui.add_argument("--out", default="reports/ui", help="where --check saves its screenshots")
     ui.add_argument("overrides", nargs="*", metavar="tracking.key=value", help="e.g. tracking.experiment=mine")
@@ -541,6 +601,9 @@ def _analysis_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from research.recipes.logs import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(
         prog="research",
         description="persona-lab: personalization methods as tracked, comparable experiments.",
@@ -560,13 +623,11 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from research.config import ConfigError
-    from research.data.schema import DataError
-    from research.evaluation.statistics import StatisticsError
+    from research.config import UserInputError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, StatisticsError, FileNotFoundError) as err:
+    except UserInputError as err:  # what the user supplied; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 
+from research.config import ConfigError
 from research.models.base import check_tokenizer_round_trip, load_base, train_tokenizer
 
 
@@ -50,7 +51,7 @@ def test_round_trip_check_catches_a_loader_that_rewrites_the_tokenizer(tmp_path,
 def test_hub_name_without_network_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match="cannot be reached"):
+    with pytest.raises(ConfigError, match="cannot be reached"):
         load_base("Qwen/Qwen2.5-0.5B-Instruct")
     assert time.perf_counter() - start < 10
 

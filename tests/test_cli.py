@@ -75,3 +75,26 @@ def test_compare_and_cluster_commands_call_the_recipes(source_runs, data_root, b
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("k=2 silhouette=") and plot.stat().st_size > 0
+
+
+def test_train_prints_its_bars_and_a_table_readable_in_80_columns_without_library_noise(experiment):
+    """A long run name wraps in its own column; every metric still reads whole (not "0.1…")."""
+    import os
+    import re
+
+    out = subprocess.run(
+        [sys.executable, "-m", "research.cli", "train", "--method", "unified_lora", *experiment, "method_args.r=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "80"},  # a log file's width
+    )
+    assert out.returncode == 0, out.stderr
+    log = out.stdout + out.stderr
+    assert "Epoch 0: 100%" in log and "generate test: 100%" in log  # the progress bars
+    for noise in ("💡 Tip", "TPU available", "FutureWarning", "DeprecationWarning", "is deprecated"):
+        assert noise not in log, noise
+    table = out.stdout[out.stdout.index("test metrics") :].splitlines()
+    assert all(len(line) <= 80 for line in table)
+    [row] = [line for line in table if "unified_lora" in line]
+    assert len(re.findall(r"\b\d\.\d{3}\b", row)) == 7 and "…" not in "".join(table)

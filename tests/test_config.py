@@ -62,6 +62,7 @@ def test_override_values_are_typed_by_their_field():
         assert runs[0] == "01234567" and len(runs) == given.count(",") + 1
     weights = build(SimulatorConfig, parse_overrides(["neutral_intent_weights=[0, 0, 0, 1, 0, 0, 0, 0, 0.5]"]))
     assert weights.neutral_intent_weights == (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.5)
-    assert build(SimulatorConfig, parse_overrides(["neutral_intent_weights=1,2"])).neutral_intent_weights == (1.0, 2.0)
+    weights = build(SimulatorConfig, parse_overrides(["neutral_intent_weights=1,2,0,0,0,0,0,0,0"]))
+    assert weights.neutral_intent_weights == (1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     cfg = load_config(None, ["train.lr=1e-3", "data.user_name=false", "eval.splits=val,test"], "unified_lora")
     assert (cfg.train.lr, cfg.data.user_name, cfg.eval.splits) == (1e-3, False, ("val", "test"))

@@ -128,12 +128,13 @@ def test_two_machines_share_one_study_and_a_killed_one_loses_only_its_trial(
         experiment = client.get_experiment_by_name("persona-lab")
         return experiment.experiment_id if experiment else "-1"
 
+    watcher = optuna.storages.RDBStorage(storage)  # one connection pool while polling, not one per look
     try:
         study, deadline = None, time.time() + 300
         while time.time() < deadline:  # until "a" runs a trial
             if not study:
-                names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-                study = names and optuna.load_study(study_name=names[0], storage=storage)
+                names = [s.study_name for s in optuna.get_all_study_summaries(watcher)]
+                study = names and optuna.load_study(study_name=names[0], storage=watcher)
             running = study and [
                 t
                 for t in study.get_trials(states=(TrialState.RUNNING,))

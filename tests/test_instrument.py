@@ -51,7 +51,7 @@ def test_a_base_whose_files_differ_from_its_card_is_refused_before_anything_runs
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("64", "65"))
     with pytest.raises(ConfigError, match=r"its files hash to \w+, its card .* says"):
         check_base(str(copy))
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+    with pytest.raises(ConfigError, match="not a local directory"):
         check_base(str(tmp_path / "missing"))
 
 

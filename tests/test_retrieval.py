@@ -84,7 +84,7 @@ def test_k0_reproduces_unified_exactly(source_runs):
     assert mine["prediction"].to_list() == unified["prediction"].to_list() and mine.height == unified.height
 
 
-def test_a_served_retrieval_adapter_answers_and_retrieves_what_was_appended(source_runs, tmp_path):
+def test_a_served_retrieval_adapter_answers_and_retrieves_what_was_appended(source_runs, tmp_path, monkeypatch):
     from research.models.base import base_fingerprint
     from research.recipes.serve import RoutedModel, known_users
     from research.tracking.registry import promote, register
@@ -101,14 +101,18 @@ def test_a_served_retrieval_adapter_answers_and_retrieves_what_was_appended(sour
     context = {"time_of_day": "evening", "weather": "rainy", "temperature_c": 8.0, "day_of_week": "Friday"}
     ask = lambda text: {"persona_id": "persona_001", **context, "turns": [{"role": "user", "text": text}]}  # noqa: E731
     (group,) = set(model.group_of.values()) | {model.fallback}
-    user = model.users["persona_001"]
-    assert "Earlier: " in model.contexts[group].system(ask("turn on the lights"), user)  # its saved history
-    assert all(isinstance(reply, str) for reply in model.answer([ask("turn on the lights")]))
+    assert "Earlier: " in model.system_turns([ask("turn on the lights")])[0]  # its saved history
+    # a file of requests: every query embedded in one call, not one call a request
+    embedder = model.contexts[group].embedder
+    calls, encode = [], embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw))
+    replies = model.answer([ask(text) for text in ("turn on the lights", "play some music", "warmer please")] * 4)
+    assert calls == [12] and len(replies) == 12 and all(isinstance(reply, str) for reply in replies)
+    monkeypatch.undo()
 
     assert model.remember("persona_001", "Play the zither sonata.", "Zither sonata on the speaker at volume 35.")
-    assert "Zither sonata on the speaker" in model.contexts[group].system(ask("Play the zither sonata."), user)
+    assert "Zither sonata on the speaker" in model.system_turns([ask("Play the zither sonata.")])[0]
     again = serve()  # a restarted server keeps what was appended
-    assert "Zither sonata on the speaker" in again.contexts[group].system(ask("Play the zither sonata."), user)
-    assert "Zither" not in again.contexts[group].system(
-        ask("Play the zither sonata.") | {"persona_id": "persona_002"}, user
-    )
+    zither = ask("Play the zither sonata.")
+    assert "Zither sonata on the speaker" in again.system_turns([zither])[0]
+    assert "Zither" not in again.system_turns([zither | {"persona_id": "persona_002"}])[0]

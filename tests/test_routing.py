@@ -10,12 +10,13 @@ import pytest
 import torch
 from peft import PeftModel
 
+from research.data.schema import DataError, read_requests
 from research.datamodules.persona import chat_ids
 from research.datamodules.prompts import conversation, system_text
 from research.models.base import base_fingerprint, load_base
 from research.modules.base import greedy_generate
 from research.recipes.experiment import load_config
-from research.recipes.serve import RoutedModel, current_context, known_users, read_requests, write_predictions
+from research.recipes.serve import RoutedModel, current_context, known_users, write_predictions
 from research.recipes.train import train_and_evaluate
 from research.tracking.registry import RoutingError, history, load_table, promote, register, rollback, verify
 
@@ -183,7 +184,7 @@ def test_predict_input_errors_name_the_row_and_field(tmp_path):
         {**good, "turns": [{"role": "assistant", "text": "hi"}]},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(RoutingError, match="row 2, field turns"):
+    with pytest.raises(DataError, match=r"row 2, field turns\[0\].role: expected 'user'"):
         read_requests(path)
 
 

@@ -68,7 +68,7 @@ def test_default_dataset_content_is_pinned():
 
 
 def test_neutral_intent_weights_set_the_pretraining_mix_and_are_checked(tmp_path):
-    from research.config import ConfigError
+    from research.config import ConfigError, build
     from research.data.generate import SimulatorConfig
     from research.data.schema import load_dataset
     from research.recipes.data import generate_dataset
@@ -78,5 +78,10 @@ def test_neutral_intent_weights_set_the_pretraining_mix_and_are_checked(tmp_path
     generate_dataset(SimulatorConfig(**small, neutral_intent_weights=music_only), tmp_path / "music")
     _, neutral = load_dataset(tmp_path / "music" / "neutral")
     assert {a["device"] for turns in neutral["turns"] for t in turns for a in t["actions"]} == {"speaker"}
-    with pytest.raises(ConfigError, match="neutral_intent_weights: 9 non-negative weights"):
-        generate_dataset(SimulatorConfig(**small, neutral_intent_weights=(1.0, 2.0)), tmp_path / "bad")
+    # checked when the config is built, before anything is written
+    with pytest.raises(ConfigError, match="neutral_intent_weights: 2 values given, 9 needed"):
+        build(SimulatorConfig, {**small, "neutral_intent_weights": [1.0, 2.0]})
+    with pytest.raises(ConfigError, match=r"neutral_intent_weights: .* \(at least 0\)"):
+        build(SimulatorConfig, {**small, "neutral_intent_weights": [-1, 0, 0, 1, 0, 0, 0, 0, 0]})
+    with pytest.raises(ConfigError, match=r"neutral_intent_weights: .* \(not all 0\)"):
+        build(SimulatorConfig, {**small, "neutral_intent_weights": [0] * 9})

@@ -151,3 +151,19 @@ def test_runs_are_read_past_the_first_page(tmp_path):
     assert sorted(found) == sorted(made) and len(found) == 5
     only = list(iter_runs(client, experiment, "tags.i = '3'", page=2))
     assert [run.data.tags["i"] for run in only] == ["3"]
+
+
+def test_a_run_is_found_by_its_short_id_and_an_ambiguous_or_unknown_one_is_refused(tmp_path):
+    """Tables print 8 characters of a run id; the store is asked for the runs they start with."""
+    from research.tracking.runs import RunNotFound, find_run
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    made = [client.create_run(experiment).info.run_id for _ in range(17)]  # 17 ids: two share a first hex digit
+    assert find_run(client, experiment, made[3][:8]).info.run_id == made[3]
+    assert find_run(client, experiment, made[3]).info.run_id == made[3]
+    shared = next(d for d in "0123456789abcdef" if sum(r.startswith(d) for r in made) > 1)
+    with pytest.raises(RunNotFound, match="more than one run"):
+        find_run(client, experiment, shared)
+    with pytest.raises(RunNotFound, match="no run"):
+        find_run(client, experiment, "zz' OR 1=1")

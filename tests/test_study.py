@@ -21,7 +21,7 @@ def test_a_study_trains_each_entry_once_per_seed_and_a_second_call_reuses_them(e
     page = run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "report")
     tracking = next(o.split("=", 1)[1] for o in experiment if o.startswith("tracking.uri="))
     client = mlflow.tracking.MlflowClient(tracking)
-    [exp] = client.search_experiments()
+    exp = client.get_experiment_by_name("persona-lab")
 
     def runs(filter_string=""):
         return client.search_runs([exp.experiment_id], filter_string)

@@ -60,14 +60,20 @@ def test_sweep_logs_a_parent_and_one_child_per_trial_with_the_best_on_the_parent
     assert again["parent_run_id"] == summary["parent_run_id"] and finished == 3
 
 
-def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment):
-    overrides = [*experiment, *FAST, "method_args.target_modules=[no_such_layer]"]
+def test_a_failing_trial_is_failed_in_optuna_and_mlflow_with_the_error(experiment, monkeypatch):
+    import research.recipes.train as recipe
+
+    def crash(*args, **kwargs):  # a bug inside each trial's run, after every input was checked
+        raise RuntimeError("fit crashed")
+
+    monkeypatch.setattr(recipe, "fit", crash)
+    overrides = [*experiment, *FAST]
     summary = run_sweep("unified_lora", overrides, trials=1)
     # failed trials do not count towards the budget: replaced, until 3 in a row stop the worker
     assert summary["states"]["FAIL"] == 3 and summary["best"] is None
     client, exp = _client(experiment)
     (run,) = client.search_runs([exp], f"tags.study = '{summary['study']}' and tags.trial = '0'")
-    assert run.info.status == "FAILED" and "no_such_layer" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "fit crashed" in run.data.tags["error"]
 
 
 def test_a_sweep_objective_must_be_a_val_metric(tmp_path):
@@ -179,8 +185,9 @@ def test_a_machine_with_another_base_model_refuses_to_join(data_root, base_dir, 
     from research.models.base import BaseConfig, pretrain_from_dataset
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text("trials: 0\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
-    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, runs nothing
+    spec.write_text("trials: 1\npruner: {name: none}\nspace:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
+    experiment = [*experiment, *FAST]
+    run_sweep("unified_lora", experiment, spec_path=spec)  # creates the study, one short trial
     other_base = tmp_path / "other_base"
     pretrain_from_dataset(data_root / "neutral", other_base, BaseConfig(**TINY_BASE, seed=1))
     elsewhere = [o for o in experiment if not o.startswith("base_model=")] + [f"base_model={other_base}"]
@@ -211,9 +218,11 @@ def test_on_a_journal_file_only_trials_of_processes_that_are_gone_are_failed(exp
     assert runs == {str(trials["gone"].number): "FAILED", str(trials["alive"].number): "RUNNING"}
 
 
-def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget(experiment):
+def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget_each_on_its_own_gpu(experiment):
+    """Given two GPUs (a fake list here: the fits fall back to the CPU), each worker sees its
+    own, and every trial's run names the GPU its worker had."""
     overrides = [*experiment, *FAST]
-    summary = run_sweep("unified_lora", overrides, trials=3, workers=2)
+    summary = run_sweep("unified_lora", overrides, trials=3, workers=2, gpus=["0", "1"])
     cfg = load_config(None, overrides, "unified_lora")
     name = study_name("unified_lora", load_spec("unified_lora"), overrides)
     study = optuna.load_study(study_name=name, storage=open_storage(default_storage(cfg.tracking.uri, 2)))
@@ -221,3 +230,17 @@ def test_two_workers_on_one_host_share_a_journal_study_with_the_exact_budget(exp
     finished = [t for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3 == summary["states"]["COMPLETE"] + summary["states"]["PRUNED"]
     assert len({tuple(sorted(t.params.items())) for t in ran}) == len(ran)
+    client, exp = _client(experiment)
+    runs = client.search_runs([exp], f"tags.study = '{name}'")
+    gpu_of = {r.data.tags["trial"]: r.data.tags["gpu"] for r in runs if "trial" in r.data.tags}
+    gpus_by_worker = {}
+    for trial in ran:
+        gpus_by_worker.setdefault(trial.user_attrs["worker"]["pid"], set()).add(gpu_of[str(trial.number)])
+    assert all(len(gpus) == 1 for gpus in gpus_by_worker.values())  # a worker keeps its GPU
+    held = [gpus.pop() for gpus in gpus_by_worker.values()]
+    assert set(held) <= {"0", "1"} and len(set(held)) == len(held)  # and no two workers hold the same
+
+
+def test_a_sweep_trial_fits_on_one_device(experiment):
+    with pytest.raises(ConfigError, match="a sweep trial fits on one device"):
+        run_sweep("unified_lora", [*experiment, "train.devices=2"], trials=1)

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 import torch
 
+from research.config import ConfigError
 from research.evaluation.metrics import METRICS
 from research.modules import METHODS
 from research.modules.base import source_fields
@@ -118,13 +119,26 @@ def test_seeds_parent_holds_per_persona_means_and_is_never_an_implicit_source(ex
     assert name.startswith("unified_lora") and stats["personas"] == 6
 
 
-def test_crash_marks_the_run_failed_with_the_error(experiment):
-    cfg = load_config(None, [*experiment, "method_args.target_modules=[no_such_layer]"], "unified_lora")
-    with pytest.raises(ValueError):
+def test_crash_marks_the_run_failed_with_the_error(experiment, monkeypatch):
+    import research.recipes.train as recipe
+
+    def crash(*args, **kwargs):  # a bug inside the run, after every input was checked
+        raise RuntimeError("generation crashed")
+
+    monkeypatch.setattr(recipe, "generate_split", crash)
+    cfg = load_config(None, experiment, "no_adaptation")
+    with pytest.raises(RuntimeError):
         train_and_evaluate(cfg)
     (run,) = _client(cfg).search_runs([mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert run.info.status == "FAILED"
-    assert "no_such_layer" in run.data.tags["error"]
+    assert "generation crashed" in run.data.tags["error"]
+
+
+def test_a_layer_the_base_lacks_is_refused_before_any_run(experiment):
+    cfg = load_config(None, [*experiment, "method_args.target_modules=[no_such_layer]"], "unified_lora")
+    with pytest.raises(ConfigError, match="method_args.target_modules: the base model has no Linear layer named"):
+        train_and_evaluate(cfg)
+    assert not _client(cfg).search_runs([mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
 
 
 def test_a_metric_to_maximise_keeps_its_best_epoch(experiment):

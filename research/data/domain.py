@@ -17,4 +17,5 @@ NUMERIC_PARAMETERS = {"brightness", "temperature", "volume"}
 
 TIMES_OF_DAY = ("morning", "afternoon", "evening", "night")
 WEATHERS = ("sunny", "cloudy", "rainy", "snowy")
+OUTDOOR_TEMPERATURE_C = (-60, 60)  # a dialogue's outdoor temperature, degrees Celsius
 DAYS_OF_WEEK = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from research.config import ConfigError
+from research.config import FRACTION, SEED, VAL_FRACTION
 from research.data.schema import DIALOGUE_SCHEMA, PERSONA_SCHEMA, assign_splits, fingerprint, write_dataset
 from research.data.simulator import INTENT_WEIGHTS, INTENTS, NAMES, PET_PHRASES, simulate
 
@@ -21,19 +21,27 @@ Scorer = Callable[[pl.DataFrame], dict[str, float]]
 
 @dataclass
 class SimulatorConfig:
-    personas: int = 200
-    dialogues: int = 30
-    seed: int = 0
+    personas: int = field(default=200, metadata={"min": 1})
+    # per persona; the headroom is scored on test dialogues, so each persona needs one
+    dialogues: int = field(
+        default=30,
+        metadata={"min": 1, "check": (lambda v, c: v * c.test_fraction >= 1, "dialogues x test_fraction at least 1")},
+    )
+    seed: int = field(default=0, metadata=SEED)
     # Disjoint population for pretraining the base model: many speakers with few dialogues
     # each, so stated settings vary more (measured with the base's p_preferences 0.5 -> 0.8:
     # told the true preferences, unified_lora param F1 0.518 with 300 x 30, 0.705 with 900 x 10)
-    neutral_personas: int = 900
-    neutral_dialogues: int = 10
+    neutral_personas: int = field(default=900, metadata={"min": 1})
+    neutral_dialogues: int = field(default=10, metadata={"min": 1})
     # how often the neutral population asks for each of INTENTS (lights_on, lights_set, climate,
     # music, tv, movie, goodnight, lock, cozy): the base's pretraining mix; personas keep theirs
-    neutral_intent_weights: tuple[float, ...] = INTENT_WEIGHTS
-    val_fraction: float = 1 / 6  # only to score the headroom on the test split
-    test_fraction: float = 1 / 6
+    neutral_intent_weights: tuple[float, ...] = field(
+        default=INTENT_WEIGHTS,
+        metadata={"length": len(INTENTS), "min": 0, "check": (lambda v, _: sum(v) > 0, "not all 0")},
+    )
+    # only to score the headroom on the test split
+    val_fraction: float = field(default=1 / 6, metadata=VAL_FRACTION)
+    test_fraction: float = field(default=1 / 6, metadata=FRACTION)
 
 
 # What a prompt tells the assistant about the user (research/datamodules/prompts.py).
@@ -112,14 +120,13 @@ def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_versi
         dialogue_df,
         {"simulator": asdict(cfg), "oracle_headroom": headroom, "prompt": PROMPT_NOTE},
     )
-    weights = tuple(cfg.neutral_intent_weights)
-    if len(weights) != len(INTENTS) or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(
-            f"neutral_intent_weights: {len(INTENTS)} non-negative weights, not all 0, one per intent "
-            f"({', '.join(INTENTS)}); got {list(weights)}"
-        )
     neutral = simulate(
-        cfg.neutral_personas, cfg.neutral_dialogues, cfg.seed + 1_000_003, "neutral", "neutral", intent_weights=weights
+        cfg.neutral_personas,
+        cfg.neutral_dialogues,
+        cfg.seed + 1_000_003,
+        "neutral",
+        "neutral",
+        intent_weights=tuple(cfg.neutral_intent_weights),
     )
     write_dataset(out / "neutral", *_frames(*neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"})
     return {"fingerprint": fingerprint(out / "personas"), "oracle_headroom": headroom}

@@ -198,14 +198,23 @@ class PersonaDataModule(L.LightningDataModule):
     def _trained_on(self, split: str) -> list[dict]:
         return [row for row in self.examples[split] if row["persona_id"] not in self.held_out]
 
+    def device_batch_size(self) -> int:
+        """`batch_size` is a step's batch over all devices: under DDP each process loads its share
+        (Lightning gives each its part of the data), so a fit on N devices takes the same steps."""
+        return self.batch_size // (self.trainer.world_size if self.trainer else 1)
+
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self._trained_on("train"), self.batch_size, shuffle=True, generator=generator, collate_fn=self._collate
+            self._trained_on("train"),
+            self.device_batch_size(),
+            shuffle=True,
+            generator=generator,
+            collate_fn=self._collate,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._trained_on("val"), self.batch_size * 2, collate_fn=self._collate)
+        return DataLoader(self._trained_on("val"), self.device_batch_size() * 2, collate_fn=self._collate)
 
     # --- evaluation turns -----------------------------------------------------
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from research.config import Oracle
+from research.data.schema import DataError
 
 
 def context_line(dialogue: dict) -> str:
@@ -106,9 +107,9 @@ class ProfileContext:
 
     def system(self, dialogue: dict, user: dict, turn: int | None = None) -> str:
         if self.oracle == "preferences" and user.get("preferences") is None:
-            raise ValueError(f"persona {user.get('persona_id')} has no preferences for data.oracle=preferences")
+            raise DataError(f"persona {user.get('persona_id')} has no preferences for data.oracle=preferences")
         if self.oracle == "resolved" and not any(t["role"] == "assistant" for t in dialogue["turns"]):
-            raise ValueError(
+            raise DataError(
                 f"dialogue {dialogue.get('dialogue_id', '(a request)')} has no recorded replies to resolve "
                 "settings from: data.oracle=resolved is for evaluation on a dataset, not for serving"
             )

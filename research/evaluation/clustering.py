@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from research.config import ClusteringConfig
+from research.config import ClusteringConfig, ConfigError
 from research.data.domain import NUMERIC_PARAMETERS
 from research.data.schema import load_dataset
 from research.evaluation.metrics import extract
@@ -115,6 +115,21 @@ def _silhouette(features: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(features, labels, metric="cosine"))
 
 
+def check_clustering(cfg: ClusteringConfig, personas: int, key: str = "clustering") -> None:
+    """Refuse a k that `personas` personas cannot give, naming the key (config keys under
+    `key`), before anything is clustered, trained or written."""
+    if cfg.algorithm == "dbscan":
+        return
+    at = f"{key}." if key else ""
+    if cfg.k > personas:
+        raise ConfigError(f"{at}k: {cfg.k} clusters for {personas} personas (allowed: 1..{personas}, or 0: the best)")
+    if not cfg.k and max(2, cfg.k_min) > min(cfg.k_max, personas - 1):
+        raise ConfigError(
+            f"{at}k_min, {at}k_max: no k in [{cfg.k_min}, {cfg.k_max}] fits {personas} personas (a silhouette "
+            f"needs 2..{personas - 1} clusters)"
+        )
+
+
 def cluster_personas(cfg: ClusteringConfig, datamodule) -> Clustering:
     features = (
         behaviour_features(datamodule)
@@ -123,16 +138,13 @@ def cluster_personas(cfg: ClusteringConfig, datamodule) -> Clustering:
     )
     features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     n = len(features)
+    check_clustering(cfg, n)
     if cfg.algorithm == "dbscan":
         labels = _labels(cfg, features, 0)
     elif cfg.k:
-        if not 1 <= cfg.k <= n:
-            raise ValueError(f"clustering.k: {cfg.k} clusters for {n} personas (allowed: 1..{n})")
         labels = _labels(cfg, features, cfg.k)
     else:
         candidates = range(max(2, cfg.k_min), min(cfg.k_max, n - 1) + 1)
-        if not candidates:
-            raise ValueError(f"clustering: no k in [{cfg.k_min}, {cfg.k_max}] fits {n} personas")
         scored = [
             (_silhouette(features, labels), -k, labels) for k in candidates for labels in [_labels(cfg, features, k)]
         ]

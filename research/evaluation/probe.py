@@ -28,6 +28,7 @@ def _replies(tokenizer, model, prompts: list[list[int]], batch_size: int, max_ne
     model.eval()
     batches = list(prompt_batches(prompts, tokenizer.pad_token_id, batch_size))
     for index, batch in tqdm(batches, desc="copy probe", unit="batch", leave=False):
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         new_tokens = greedy_generate(model, tokenizer, batch, max_new_tokens)  # float32, as pretrained
         for i, text in zip(index, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             replies[i] = text.strip()

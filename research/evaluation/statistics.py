@@ -6,13 +6,15 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from research.config import UserInputError
+
 # The study's bar for "a method beats unified" (../shared/seeds): on the per-persona scores,
 # more than 60% of personas improved, a mean gain of at least 3 points, every persona above
 # 0.70, and a paired test significant at 5% (Holm-adjusted when several methods are compared).
 BAR = {"improved_share": 0.60, "mean_difference": 0.03, "min_persona": 0.70, "p_value": 0.05}
 
 
-class StatisticsError(ValueError):
+class StatisticsError(UserInputError):
     """Per-persona tables that cannot be compared; the message says why."""
 
 

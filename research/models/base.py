@@ -15,14 +15,14 @@ import random
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from research.config import ConfigError
+from research.config import PROBABILITY, SEED, ConfigError
 from research.data.generate import vocabulary_lines
 from research.data.schema import load_dataset
 from research.datamodules.persona import encode_conversation
@@ -47,29 +47,37 @@ class BaseConfig:
     speaker's name, their stated settings and a few of their earlier exchanges (or none of
     them), so that reading and copying from context is learned before any persona is seen."""
 
-    vocab_size: int = 1024
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 704
-    max_length: int = 256
-    epochs: int = 4
-    batch_size: int = 32
-    lr: float = 3e-3
-    seed: int = 0
+    vocab_size: int = field(default=1024, metadata={"min": 256 + len(SPECIAL_TOKENS)})  # the bytes, then merges
+    hidden_size: int = field(default=256, metadata={"min": 1})
+    num_layers: int = field(default=4, metadata={"min": 1})
+    num_heads: int = field(
+        default=4, metadata={"min": 1, "check": (lambda v, c: c.hidden_size % v == 0, "divides hidden_size")}
+    )
+    num_kv_heads: int = field(
+        default=2, metadata={"min": 1, "check": (lambda v, c: c.num_heads % v == 0, "divides num_heads")}
+    )
+    intermediate_size: int = field(default=704, metadata={"min": 1})
+    max_length: int = field(default=256, metadata={"min": 16})
+    epochs: int = field(default=4, metadata={"min": 1})
+    batch_size: int = field(default=32, metadata={"min": 1})
+    lr: float = field(default=3e-3, metadata={"gt": 0})
+    seed: int = field(default=0, metadata=SEED)
     # "all": every token of the chat text; "assistant": the replies only (as in instruction
     # tuning), so the random settings in system turns are read, never predicted. Measured:
     # told the preferences, the zero-shot base copied a name 33/40 with "assistant", 0/40 with "all"
     loss_on: Literal["all", "assistant"] = "assistant"
-    p_name: float = 0.5  # share of dialogues whose system turn names the speaker
+    p_name: float = field(default=0.5, metadata=PROBABILITY)  # share of dialogues whose system turn names the speaker
     # ... states the settings the dialogue's replies make (resolved for its context and requests,
     # so copying a stated value is always right), or else the speaker's raw preferences (which
     # the context arithmetic changes in most brightness and temperature replies)
-    p_resolved: float = 0.0
-    p_preferences: float = 0.8
-    p_history: float = 0.3  # ... quotes 1..max_history of the speaker's earlier exchanges
-    max_history: int = 3
+    p_resolved: float = field(default=0.0, metadata=PROBABILITY)
+    p_preferences: float = field(
+        default=0.8,
+        metadata={**PROBABILITY, "check": (lambda v, cfg: v + cfg.p_resolved <= 1, "p_resolved + p_preferences <= 1")},
+    )
+    # ... quotes 1..max_history of the speaker's earlier exchanges
+    p_history: float = field(default=0.3, metadata=PROBABILITY)
+    max_history: int = field(default=3, metadata={"min": 1})
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -267,6 +275,8 @@ def require_local(name_or_path: str, what: str = "base model") -> None:
     """Raise at once, with the reason, if `name_or_path` is neither a local directory,
     nor in the Hugging Face cache, nor downloadable (no network)."""
     if Path(name_or_path).exists():
+        if not (Path(name_or_path) / "config.json").is_file():
+            raise ConfigError(f"{what} {name_or_path!r} is not a Hugging Face model directory (it has no config.json)")
         return
     from huggingface_hub import snapshot_download
 
@@ -276,7 +286,7 @@ def require_local(name_or_path: str, what: str = "base model") -> None:
     except Exception:  # noqa: BLE001 - anything here means "not cached"
         pass
     if not _hub_reachable():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{what} {name_or_path!r} is not a local directory, not in the Hugging Face cache, and the hub "
             f"cannot be reached from this machine. Pass a local directory (the shipped {SHIPPED_BASE}, or one "
             "`research base --out DIR` pretrains), or download it where there is network and copy the cache here."

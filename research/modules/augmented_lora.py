@@ -9,6 +9,7 @@ unchanged reply may not fit the new context. Augmented dialogues never enter val
 
 from dataclasses import dataclass, field
 
+from research.config import SEED
 from research.data.augment import RULES, Augmentation
 from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule
@@ -18,10 +19,11 @@ from research.modules.unified_lora import UnifiedLoraConfig
 
 @dataclass
 class AugmentedLoraConfig(UnifiedLoraConfig):
-    per_persona: int = 60  # training dialogues per persona after augmentation, originals included
-    rules: tuple[str, ...] = RULES  # synonyms, politeness, numbers
+    # training dialogues per persona after augmentation, originals included
+    per_persona: int = field(default=60, metadata={"min": 1})
+    rules: tuple[str, ...] = field(default=RULES, metadata={"choices": RULES, "nonempty": True})
     vary_context: bool = False  # ablation: redraw the copies' context (their replies may then be wrong)
-    augment_seed: int = 0
+    augment_seed: int = field(default=0, metadata=SEED)
     hybrid: bool = False  # train on top of the frozen unified adapter (unified_run)
     # with hybrid: a unified_lora run id; empty: the latest finished one on the same dataset and base model
     unified_run: str = field(default="", metadata={"source_method": "unified_lora", "used_when": "hybrid"})

@@ -15,6 +15,9 @@ A method is an `AdaptationModule` subclass with
   group_of          persona -> adapter index when it owns an adapter per group (the
                     recipe routes batches with it)
   trainable         False: evaluated as built, no fit
+  per_group_weights True when it trains weights of their own per group or persona (adapters,
+                    prompts, vectors), which a step whose batch lacks the group leaves out
+                    (a data-parallel fit must then look for unused weights each step)
   adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT LoRA directories),
                     "lora+context" (LoRA plus the context provider its prompts need, in
                     manifest.json), "prompt+lora" (learned prompts per group in PEFT's
@@ -161,6 +164,7 @@ def set_attention(model, implementation: str | None) -> str:
 class AdaptationModule(L.LightningModule):
     config_class: type  # the method's own config dataclass (its `method_args`)
     trainable = True  # False: evaluate the model as built, no fit
+    per_group_weights = False
     adapter_kind = "none"
     group_of: dict[str, int] | None = None
 
@@ -195,7 +199,9 @@ class AdaptationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self.model_step(batch), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # under DDP each device scores its share of val: the epoch's loss is their mean
+        loss = self.model_step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

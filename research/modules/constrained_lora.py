@@ -8,18 +8,19 @@ change is factored into A and B, and the persona rank is free of the unified one
 Only the personas in the batch are penalised: an absent adapter must not move.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from research.modules.hybrid_lora import HybridLoraConfig, HybridLoraModule
+from research.modules.unified_lora import RANK
 
 
 @dataclass
 class ConstrainedLoraConfig(HybridLoraConfig):
-    r: int = 4  # the study's grid: 2, 4, 8
-    alpha: int = 8
-    l2_lambda: float = 0.1  # the study's grid: 0.01 - 0.5
+    r: int = field(default=4, metadata=RANK)  # the study's grid: 2, 4, 8
+    alpha: int = field(default=8, metadata={"min": 1})
+    l2_lambda: float = field(default=0.1, metadata={"min": 0})  # the study's grid: 0.01 - 0.5
 
 
 class ConstrainedLoraModule(HybridLoraModule):

@@ -50,7 +50,7 @@ training and are not exported.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +71,16 @@ EMPTY_PROTOTYPE = 1e-6  # the public code's stand-in for a memory with nothing i
 
 @dataclass
 class DualTowerConfig(UnifiedLoraConfig):
-    rank: int = 16  # the specific tower's low-rank SwiGLU (the public code's Qwen setting)
-    contrastive_weight: float = 0.5  # lambda
-    temperature: float = 0.1  # T
-    clusters: int = 10  # question clusters (k-means)
-    memory: int = 512  # FIFO embeddings per (question cluster, persona)
-    projection_dim: int = 512
+    # the specific tower's low-rank SwiGLU (the public code's Qwen setting)
+    rank: int = field(default=16, metadata={"min": 1})
+    contrastive_weight: float = field(default=0.5, metadata={"min": 0})  # lambda
+    temperature: float = field(default=0.1, metadata={"gt": 0})  # T
+    clusters: int = field(default=10, metadata={"min": 1})  # question clusters (k-means)
+    memory: int = field(default=512, metadata={"min": 1})  # FIFO embeddings per (question cluster, persona)
+    projection_dim: int = field(default=512, metadata={"min": 1})
     cluster_heads: bool = True  # a pair of projection heads per question cluster (false: one pair)
     freeze_heads: bool = False  # true: heads stay at their random initialisation, as in the public code
-    embedder: str = ""  # question embedder; empty: the bundled MiniLM
+    embedder: str = field(default="", metadata={"embedder": True})  # question embedder; empty: bundled MiniLM
 
 
 class LowRankSwiGLU(nn.Module):

@@ -188,6 +188,7 @@ class GroupLoraModule(AdaptationModule):
     dropout). A subclass decides the grouping and what the model starts from."""
 
     adapter_kind = "lora"
+    per_group_weights = True
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from research.config import FRACTION
 from research.modules.base import AdaptationModule, Needs, Provided, greedy_generate
 from research.modules.group_lora import write_adapter
 from research.modules.unified_lora import UnifiedLoraConfig
@@ -48,9 +49,10 @@ HYPERNETWORK_FILE = "hypernetwork.safetensors"
 
 @dataclass
 class HyperLoraConfig(UnifiedLoraConfig):
-    held_out: float = 0.2  # share of personas the hypernetwork never trains on (evaluated apart)
-    code_size: int = 64  # the profile code the hypernetwork generates B from
-    embedder: str = ""  # the description embedder; empty: the bundled MiniLM
+    # share of personas the hypernetwork never trains on (evaluated apart)
+    held_out: float = field(default=0.2, metadata=FRACTION)
+    code_size: int = field(default=64, metadata={"min": 1})  # the profile code the hypernetwork generates B from
+    embedder: str = field(default="", metadata={"embedder": True})  # the description embedder; empty: bundled MiniLM
 
 
 class ProfileCodes:

@@ -29,7 +29,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
-from research.config import ClusteringConfig
+from research.config import SEED, ClusteringConfig
 from research.modules.base import Needs
 from research.modules.group_lora import GroupLoraModule, engine_shape, load_group
 
@@ -43,11 +43,11 @@ class MergeConfig:
     clustering: ClusteringConfig = field(default_factory=lambda: ClusteringConfig(k=5))
     scope: Literal["neighbours", "cluster"] = "neighbours"  # one merge per persona, or per cluster
     weighting: Literal["similarity", "val_x_centrality"] = "similarity"
-    neighbours: int = 5  # K, for scope=neighbours
+    neighbours: int = field(default=5, metadata={"min": 1})  # K, for scope=neighbours
     combination: Combination = "cat"
-    density: float = 0.5  # ties / dare: the share of each delta kept
-    val_metric: str = "embedding_similarity"  # for val_x_centrality
-    seed: int = 0  # dare prunes at random
+    density: float = field(default=0.5, metadata={"gt": 0, "max": 1})  # ties / dare: the share of each delta kept
+    val_metric: str = field(default="embedding_similarity", metadata={"metric": "per_persona"})  # val_x_centrality
+    seed: int = field(default=0, metadata=SEED)  # dare prunes at random
 
 
 @dataclass

@@ -67,13 +67,15 @@ ROUTER_FILE = "router.safetensors"
 
 @dataclass
 class MoeRouterConfig(UnifiedLoraConfig):
-    experts: int = 4  # K when trained jointly; from_clusters takes one expert per cluster of the run
+    # K when trained jointly; from_clusters takes one expert per cluster of the run
+    experts: int = field(default=4, metadata={"min": 2})
     route_on: Literal["persona", "query", "both"] = "both"
-    top_k: int = 0  # 0: soft weights over every expert; k: the k best, renormalised
+    top_k: int = field(default=0, metadata={"min": 0})  # 0: soft weights over every expert; k: the k best, renormalised
     from_clusters: bool = False  # start the experts from a cluster_lora run's cluster adapters
     # a cluster_lora run id (with from_clusters); empty: the latest finished one of the lineage
     cluster_run: str = field(default="", metadata={"source_method": "cluster_lora", "used_when": "from_clusters"})
-    embedder: str = ""  # persona features' description embedder; empty: the bundled MiniLM
+    # persona features' description embedder; empty: the bundled MiniLM
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 def mixture_weights(logits: torch.Tensor, top_k: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ dialogues only; val/loss stays the LM loss, so early stopping watches generation
 the generation path is used at inference: the heads are not exported (plain LoRA).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,9 @@ DEVICE_NAMES = list(DEVICES)
 
 @dataclass
 class MultitaskConfig(UnifiedLoraConfig):
-    persona_weight: float = 0.1
-    device_weight: float = 0.05
-    numeric_weight: float = 0.05
+    persona_weight: float = field(default=0.1, metadata={"min": 0})
+    device_weight: float = field(default=0.05, metadata={"min": 0})
+    numeric_weight: float = field(default=0.05, metadata={"min": 0})
 
 
 def turn_targets(actions: list[dict]) -> tuple[list[float], list[float], list[float]]:

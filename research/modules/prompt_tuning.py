@@ -21,7 +21,7 @@ from research.modules.soft_prompts import PromptTable, SoftPromptModule, sample_
 class PromptPersonaConfig:
     # a unified_lora run id; empty: the latest finished one on the same dataset and base model
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
-    length: int = 10  # soft tokens per prompt
+    length: int = field(default=10, metadata={"min": 1})  # soft tokens per prompt
 
 
 @dataclass

@@ -27,7 +27,7 @@ were never adapted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,12 +43,14 @@ META_INIT = "_meta_init"  # the export's meta-learned initialisation (a persona 
 
 @dataclass
 class ReptileConfig(UnifiedLoraConfig):
-    outer_steps: int = 100
-    meta_batch: int = 8  # personas per outer step
-    support_size: int = 5  # training dialogues per persona per outer step (the seeds' 5)
-    inner_steps: int = 3
-    inner_lr: float = 1e-3  # Adam, beta1 = 0
-    outer_lr: float = 1.0  # epsilon at the first outer step, annealed linearly to 0 (Nichol et al.)
+    outer_steps: int = field(default=100, metadata={"min": 0})  # 0: adaptation from PEFT's initialisation
+    meta_batch: int = field(default=8, metadata={"min": 1})  # personas per outer step
+    # training dialogues per persona per outer step (the seeds' 5)
+    support_size: int = field(default=5, metadata={"min": 1})
+    inner_steps: int = field(default=3, metadata={"min": 0})
+    inner_lr: float = field(default=1e-3, metadata={"gt": 0})  # Adam, beta1 = 0
+    # epsilon at the first outer step, annealed linearly to 0 (Nichol et al.)
+    outer_lr: float = field(default=1.0, metadata={"gt": 0, "max": 1})
 
 
 def persona_token_loss(logits: torch.Tensor, labels: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:

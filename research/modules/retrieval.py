@@ -31,8 +31,8 @@ from typing import Literal
 import numpy as np
 from peft import PeftModel
 
-from research.config import DataConfig
-from research.data.schema import assign_splits, fingerprint, load_dataset
+from research.config import FRACTION, ConfigError, DataConfig
+from research.data.schema import DataError, assign_splits, fingerprint, load_dataset, read_rows
 from research.datamodules.persona import default_context
 from research.datamodules.prompts import ProfileContext, fingerprint_of, history_line
 from research.models.embedder import load_embedder
@@ -43,15 +43,16 @@ from research.modules.base import AdaptationModule, Needs, write_manifest
 class RetrievalConfig:
     # a unified_lora run id; empty: the latest finished one on the same dataset and base model
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
-    k: int = 3  # exchanges retrieved per prompt; 0: unified's prompts
+    k: int = field(default=3, metadata={"min": 0})  # exchanges retrieved per prompt; 0: unified's prompts
     strategy: Literal["semantic", "recency", "hybrid"] = "semantic"
     format: Literal["verbatim", "settings"] = "verbatim"
     history: Literal["train", "train+val"] = "train"  # what test prompts may retrieve from
     train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
-    embedder: str = ""  # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
+    embedder: str = field(default="", metadata={"embedder": True})
     # share of personas held out of training (cold-start evaluation, Needs.held_out): their
     # history is retrieved like anyone's, and unified_run must hold out the same personas
-    held_out: float = 0.0
+    held_out: float = field(default=0.0, metadata=FRACTION)
 
 
 # settings that change what is trained on, not what a prompt says
@@ -67,11 +68,6 @@ class Exchange:
     reply: str
     settings: tuple[str, ...]  # "lights brightness 40", from the turn's recorded actions
     row: int  # into the index's embedding matrix
-
-
-def past_splits(history: str) -> set[str]:
-    """The splits a test-time prompt may retrieve from (evaluation and the history saved for serving)."""
-    return {"train", "val"} if history == "train+val" else {"train"}
 
 
 class HistoryIndex:
@@ -119,13 +115,14 @@ class HistoryIndex:
                 np.save(partial, self.vectors)
             os.replace(partial.name, path)
 
-    def candidates(self, persona: str, dialogue_id: str, split: str, history: str) -> list[Exchange]:
-        """What a prompt of `dialogue_id` may retrieve (the module docstring's rules)."""
+    def candidates(self, persona: str, split: str, history: str, dialogue_id: str | None = None) -> list[Exchange]:
+        """What a prompt of `split` may retrieve (the module docstring's rules): a prompt of
+        `dialogue_id`, or (None) a request after every dialogue, as served."""
         exchanges = self.exchanges.get(persona, [])
         if split == "train":
             return [e for e in exchanges if e.split == "train" and e.dialogue_id != dialogue_id]
-        allowed = past_splits(history) if split == "test" else {"train"}
-        first = next(e.order for e in exchanges if e.dialogue_id == dialogue_id)
+        allowed = {"train", "val"} if split == "test" and history == "train+val" else {"train"}
+        first = next((e.order for e in exchanges if e.dialogue_id == dialogue_id), len(exchanges))
         return [e for e in exchanges if e.split in allowed and e.order < first]
 
 
@@ -172,7 +169,7 @@ class RetrievalContext:
         """The k exchanges for the prompt of `dialogue`'s assistant turn `turn` (None: the
         whole dialogue as trained on, queried by its first user turn), oldest first."""
         candidates = self.index.candidates(
-            dialogue["persona_id"], dialogue["dialogue_id"], dialogue["split"], self.args.history
+            dialogue["persona_id"], dialogue["split"], self.args.history, dialogue["dialogue_id"]
         )
         query = self.index.vectors[self.index.queries[dialogue["dialogue_id"], turn or 0]]
         return select(candidates, self.index.vectors, query, self.args.k, self.args.strategy)
@@ -210,18 +207,13 @@ class RetrievalModule(AdaptationModule):
     def save_adapter(self, directory) -> None:
         self.model.save_pretrained(directory)
         write_manifest(directory, self.adapter_kind, context=self.context.spec())
-        # what a served test-time prompt may retrieve from: each persona's history as evaluated
-        allowed = past_splits(self.args.history)
+        # what a served request may retrieve: what a test prompt after every dialogue may
+        index = self.context.index
         with open(Path(directory) / HISTORY_FILE, "w") as file:
-            for persona, exchanges in sorted(self.context.index.exchanges.items()):
-                for e in exchanges:
-                    if e.split in allowed:
-                        file.write(
-                            json.dumps(
-                                {"persona_id": persona, "user": e.user, "reply": e.reply, "settings": e.settings}
-                            )
-                            + "\n"
-                        )
+            for persona in sorted(index.exchanges):
+                for e in index.candidates(persona, "test", self.args.history):
+                    row = {"persona_id": persona, "user": e.user, "reply": e.reply, "settings": e.settings}
+                    file.write(json.dumps(row) + "\n")
 
 
 HISTORY_FILE = "history.jsonl"
@@ -239,16 +231,19 @@ class ServedRetrieval:
         self.k, self.strategy, self.format = settings["k"], settings["strategy"], settings["format"]
         self.embedder, self.memory = load_embedder(settings["embedder"]), memory
         self.exchanges: dict[str, list[Exchange]] = {}
-        self.vectors = np.zeros((0, self.embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+        self.vectors = np.zeros((0, self.embedder.get_embedding_dimension()), dtype=np.float32)
         if not (adapter / HISTORY_FILE).exists():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{adapter} has no {HISTORY_FILE}: a retrieval adapter saved before serving kept its history; "
                 "retrain the retrieval run and register it again"
             )
-        rows = [json.loads(line) for line in (adapter / HISTORY_FILE).read_text().splitlines()]
-        if memory.exists():
-            rows += [json.loads(line) for line in memory.read_text().splitlines()]
-        self._add(rows)
+        rows, problems = read_rows(adapter / HISTORY_FILE)
+        if memory.exists():  # appended by `research chat --remember`: a damaged line names its file and row
+            remembered, damaged = read_rows(memory)
+            rows, problems = rows + remembered, problems + damaged
+        if problems:
+            raise DataError("\n".join(problems))
+        self._add([row for _, row in rows])
 
     def _add(self, rows: list[dict]) -> None:
         if not rows:
@@ -271,10 +266,25 @@ class ServedRetrieval:
             file.write(json.dumps(row) + "\n")
         self._add([row])
 
-    def system(self, request: dict, user: dict, turn: int | None = None) -> str:
-        system = self.base.system(request, user, turn)
+    def retrieved_system(self, request: dict, user: dict, query: np.ndarray) -> str:
+        """The request's system turn with what its `query` (embed_queries) retrieves."""
+        system = self.base.system(request, user, None)
         candidates = self.exchanges.get(request["persona_id"], [])
         if not (self.k and candidates):
             return system
-        query = self.embedder.encode([request["turns"][-1]["text"]], normalize_embeddings=True, convert_to_numpy=True)
-        return render(system, select(candidates, self.vectors, query[0], self.k, self.strategy), self.format)
+        return render(system, select(candidates, self.vectors, query, self.k, self.strategy), self.format)
+
+
+def embed_queries(contexts: list[ServedRetrieval], requests: list[dict]) -> list[np.ndarray]:
+    """Each request's query, its last user turn, embedded by its adapter's embedder: all the
+    queries of one embedder in one call (a `predict` file's at once), not one call a request."""
+    vectors: list[np.ndarray] = [np.empty(0)] * len(requests)
+    by_embedder: dict = {}
+    for i, context in enumerate(contexts):
+        by_embedder.setdefault(context.embedder, []).append(i)
+    for embedder, index in by_embedder.items():
+        texts = [requests[i]["turns"][-1]["text"] for i in index]
+        encoded = embedder.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+        for i, vector in zip(index, encoded, strict=True):
+            vectors[i] = vector
+    return vectors

@@ -39,10 +39,11 @@ class SelectiveRoutingConfig:
     unified_run: str = field(default="", metadata={"source_method": "unified_lora"})
     # finished runs of any adapter method to route to (comma-separated run ids)
     candidate_runs: tuple[str, ...] = field(default=(), metadata={"source_method": "*"})
-    metric: str = "embedding_similarity"  # val metric that decides
+    metric: str = field(default="embedding_similarity", metadata={"metric": "per_persona"})  # val metric that decides
     margin: float = 0.0  # a candidate must beat unified on val by more than this
-    meta_folds: int = 5
-    embedder: str = ""  # description embeddings for the meta-classifier; empty: bundled MiniLM
+    meta_folds: int = field(default=5, metadata={"min": 2})  # cross-validation folds of the meta-classifier
+    # description embeddings for the meta-classifier; empty: bundled MiniLM
+    embedder: str = field(default="", metadata={"embedder": True})
 
 
 def val_scores(artifacts: Path, metric: str) -> dict[str, float]:

@@ -117,6 +117,7 @@ class SoftPromptModule(AdaptationModule):
     gives each batch row its prompt (`prompts`) and what to export (`export`)."""
 
     adapter_kind = "prompt+lora"
+    per_group_weights = True
 
     def prompts(self, batch: dict) -> torch.Tensor:
         """[rows, length, hidden]: the prompt in front of each row."""

@@ -14,7 +14,7 @@ prompt-tuning format, plus `user_embedding.safetensors` (the vectors, in the man
 persona order, and the projection) for analysis: PEFT has no format for them.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,8 +31,8 @@ UNSEEN = "_unseen"  # the export's prompt for unseen personas (a persona may not
 
 @dataclass
 class UserEmbeddingConfig(UnifiedLoraConfig):
-    dim: int = 64  # size of each persona's vector
-    tokens: int = 4  # soft tokens it is mapped to
+    dim: int = field(default=64, metadata={"min": 1})  # size of each persona's vector
+    tokens: int = field(default=4, metadata={"min": 1})  # soft tokens it is mapped to
 
 
 class UserEmbeddingModule(SoftPromptModule):

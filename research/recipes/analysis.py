@@ -9,12 +9,14 @@ from pathlib import Path
 import mlflow
 import polars as pl
 
-from research.config import ClusteringConfig, DataConfig, TrackingConfig, build, parse_overrides
+from research.config import ClusteringConfig, ConfigError, DataConfig, TrackingConfig, build, parse_overrides
+from research.data.schema import load_dataset
 from research.datamodules.persona import PersonaDataModule
-from research.evaluation.clustering import Clustering, cluster_personas, plot
-from research.evaluation.metrics import METRICS_VERSION
+from research.evaluation.clustering import Clustering, check_clustering, cluster_personas, plot
+from research.evaluation.metrics import METRICS, METRICS_VERSION
 from research.evaluation.statistics import StatisticsError, compare, headroom_captured, holm, verdict
 from research.models.base import load_base
+from research.models.embedder import check_embedders
 from research.tracking.runs import experiment_id, find_run
 from research.tracking.sources import find_source, lineage_difference
 
@@ -55,6 +57,8 @@ def compare_runs(
     unified_lora run on the first run's data and base model). With several runs, p-values
     are Holm-adjusted (`p_holm`); each row carries the study's bar verdict (`missed`: the
     parts of the bar it misses) and the share of the oracle headroom it captures."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not a metric (allowed: {', '.join(METRICS)})")
     experiment = experiment_id(tracking)
     client = mlflow.tracking.MlflowClient()
     runs = [find_run(client, experiment, run_id) for run_id in run_ids]
@@ -76,15 +80,23 @@ def compare_runs(
     return rows
 
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what matplotlib writes here
+
+
 def cluster_dataset(base_model: str, overrides: list[str], plot_path: str | Path) -> Clustering:
     """Cluster the personas of `data.dir` (ClusteringConfig keys and data.* keys as
     overrides) and draw them into `plot_path`."""
     values = parse_overrides(overrides)
     data = build(DataConfig, values.pop("data", {}), "data")
     cfg = build(ClusteringConfig, values)
+    plot_path = Path(plot_path)
+    if (kind := plot_path.suffix.lstrip(".").lower()) not in PLOT_FORMATS:
+        raise ConfigError(f"--plot {plot_path}: {kind or 'no'} image format (allowed: {', '.join(PLOT_FORMATS)})")
+    check_clustering(cfg, load_dataset(data.dir)[0].height, "")  # before the data is tokenized and cached
+    check_embedders(cfg)
     datamodule = PersonaDataModule(data, load_base(base_model)[0])
     datamodule.prepare_data()
     datamodule.setup()
     clustering = cluster_personas(cfg, datamodule)
-    plot(clustering, Path(plot_path), f"{cfg.algorithm} on {cfg.features} features")
+    plot(clustering, plot_path, f"{cfg.algorithm} on {cfg.features} features")
     return clustering

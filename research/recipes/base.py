@@ -55,7 +55,7 @@ def pretrain_base(data_dir: str | Path, out_dir: str | Path, cfg: BaseConfig, pr
             "tokens_per_epoch": stats["tokens_per_epoch"],
             "machine": machine(),
             "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         },
         "probe": {oracle: _rounded(results) for oracle, results in probe.items()},
     }

@@ -24,13 +24,13 @@ import mlflow
 import numpy as np
 import polars as pl
 
-from research.config import TrackingConfig
-from research.evaluation.metrics import METRICS_VERSION
+from research.config import ConfigError, TrackingConfig
+from research.evaluation.metrics import METRICS, METRICS_VERSION
 from research.evaluation.statistics import compare, headroom_captured, holm, verdict
 from research.recipes.analysis import check_comparable, per_persona_table
 from research.recipes.run import INSTRUMENT_ROWS
 from research.recipes.tables import SHORT
-from research.tracking.runs import experiment_id, iter_runs
+from research.tracking.runs import experiment_id, find_run, iter_runs
 from research.tracking.sources import LINEAGE
 
 # the study's columns: every metric but the param P/R halves of F1
@@ -68,18 +68,20 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
     """(unified, the other methods, the instrument's rows) as described in the module docstring."""
     finished = "attributes.status = 'FINISHED'"
     told = []
+    unified_runs = _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)
+    candidates = _preferred(unified_runs)
     if run_ids:  # named: rows are named after their runs; instrument runs are the instrument rows
-        named = [client.get_run(run_id) for run_id in run_ids]
+        named = [find_run(client, experiment, run_id) for run_id in run_ids]
         told = [row(r, r.info.run_name) for r in named if "instrument" in r.data.tags]
         named = [r for r in named if "instrument" not in r.data.tags]
         unified = next((r for r in named if r.data.tags.get("method") == "unified_lora"), None)
-        unified = unified or _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)[0]
+        candidates = [unified] if unified else candidates
+    if not candidates:
+        raise ConfigError(f"experiment {experiment}: no finished unified_lora run to report against")
+    unified = candidates[0]
+    if run_ids:
         others = [row(r, r.info.run_name) for r in named if r.info.run_id != unified.info.run_id]
     else:
-        candidates = _preferred(_latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run))
-        if not candidates:
-            raise FileNotFoundError(f"experiment {experiment}: no finished unified_lora run to report against")
-        unified = candidates[0]
         same = "".join(f" and tags.{key} = '{unified.data.tags[key]}'" for key in LINEAGE if key in unified.data.tags)
         latest: dict[str, object] = {}
         for run in _preferred(_latest(client, experiment, f"{finished}{same}", _own_run)):
@@ -260,6 +262,8 @@ def html(text: str, images: dict[str, bytes]) -> str:
 
 def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out: Path) -> Path:
     """Write OUT/report.md, OUT/report.html and the plots; log them as a `report` run."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not a metric (allowed: {', '.join(METRICS)})")
     experiment = experiment_id(tracking)
     client = mlflow.tracking.MlflowClient()
     unified, others, told = select_runs(client, experiment, run_ids)

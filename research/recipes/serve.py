@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from research.config import ConfigError
 from research.data.domain import DAYS_OF_WEEK, TIMES_OF_DAY
 from research.data.schema import load_dataset
 from research.datamodules.persona import chat_ids, prompt_batches
@@ -26,7 +27,7 @@ from research.models.base import load_base
 from research.modules import METHODS
 from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
-from research.modules.retrieval import ServedRetrieval
+from research.modules.retrieval import ServedRetrieval, embed_queries
 from research.modules.soft_prompts import left_padded, prepend, read_prompt
 from research.tracking.registry import RoutingError, adapter_dir, load_table
 
@@ -52,7 +53,8 @@ ADAPTER_KINDS = ("lora", "lora+context", "prompt+lora", "module")  # what servin
 
 class RoutedModel:
     """`users`: what the assistant knows of each persona (persona_id -> name, description...),
-    for the system turn; a request's own `name` stands in for a persona it does not know."""
+    for the system turn; a request's own `name` stands in for a persona it does not know.
+    `device`: where the model answers (research.models.devices.inference_device)."""
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class RoutedModel:
         routing_dir: str | Path,
         max_new_tokens: int = 64,
         users: dict[str, dict] | None = None,
+        device: str | torch.device = "cpu",
     ):
         table = load_table(routing_dir)
         if table is None:
@@ -89,7 +92,7 @@ class RoutedModel:
         ]
         self.contexts.append(ProfileContext())  # no adapter
         self.users = users or {}
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
         # each entry's LoRA slot and soft prompt (None: none). A prompt adapter's personas
         # share the LoRA beside their prompts: one slot for it, not one per persona. An
         # entry of kind "module" has its own model instead (self.served)
@@ -139,6 +142,19 @@ class RoutedModel:
         context.remember(persona_id, user_text, reply, settings)
         return True
 
+    def system_turns(self, requests: list[dict]) -> list[str]:
+        """Each request's system turn, written by its adapter's context provider; the queries
+        of retrieval adapters are embedded together (embed_queries)."""
+        groups = [self.group_of.get(r["persona_id"], self.fallback) for r in requests]
+        users = [self.users.get(r["persona_id"], r) for r in requests]
+        retrieving = [i for i, g in enumerate(groups) if isinstance(self.contexts[g], ServedRetrieval)]
+        vectors = embed_queries([self.contexts[groups[i]] for i in retrieving], [requests[i] for i in retrieving])
+        queries = dict(zip(retrieving, vectors, strict=True))
+        return [
+            self.contexts[g].retrieved_system(r, u, queries[i]) if i in queries else self.contexts[g].system(r, u, None)
+            for i, (r, g, u) in enumerate(zip(requests, groups, users, strict=True))
+        ]
+
     def answer(self, requests: list[dict], batch_size: int = 128) -> list[str]:
         """The assistant's reply to the last user turn of each request (REQUEST_FIELDS)."""
         unknown = sorted({r["persona_id"] for r in requests} - self.group_of.keys())
@@ -147,12 +163,8 @@ class RoutedModel:
             print(f"warning: no route for {', '.join(unknown)}: answered by {by}", file=sys.stderr)
         groups = [self.group_of.get(r["persona_id"], self.fallback) for r in requests]
         prompts = [
-            chat_ids(
-                self.tokenizer,
-                conversation(r, self.contexts[g].system(r, self.users.get(r["persona_id"], r), None)),
-                generation_prompt=True,
-            )
-            for r, g in zip(requests, groups, strict=True)
+            chat_ids(self.tokenizer, conversation(r, system), generation_prompt=True)
+            for r, system in zip(requests, self.system_turns(requests), strict=True)
         ]
         replies = [""] * len(requests)
         owners: dict[int | None, list[int]] = {}  # a "module" entry (None: the group engine) -> its rows
@@ -197,25 +209,24 @@ def known_users(data_dir: str | Path) -> dict[str, dict]:
     return {row["persona_id"]: row for row in personas.iter_rows(named=True)}
 
 
-def read_requests(path: str | Path) -> list[dict]:
-    """Requests from JSONL or Parquet: REQUEST_FIELDS, turns ending with a user turn."""
+def check_output(path: str | Path) -> Path:
+    """Where predictions may go: a .jsonl or .parquet file in a directory that exists (checked
+    before the model loads)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
-    if missing := [f for f in REQUEST_FIELDS if f not in frame.columns]:
-        raise RoutingError(f"{path}: missing field {missing[0]} (each row needs {', '.join(REQUEST_FIELDS)})")
-    rows = frame.to_dicts()
-    for number, row in enumerate(rows, start=1):
-        turns = row["turns"]
-        if not turns or turns[-1].get("role") != "user":
-            raise RoutingError(f"{path}: row {number}, field turns: must end with a user turn")
-    return rows
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise ConfigError(f"--output {path}: predictions are written as a .jsonl or .parquet file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: {path.parent} is not a directory")
+    if path.is_dir():
+        raise ConfigError(f"--output {path}: is a directory")
+    return path
 
 
 def write_predictions(path: str | Path, requests: list[dict], replies: list[str]) -> None:
     path = Path(path)
-    frame = pl.DataFrame(requests).with_columns(prediction=pl.Series(replies, dtype=pl.String))
+    frame = pl.DataFrame(requests, infer_schema_length=None).with_columns(
+        prediction=pl.Series(replies, dtype=pl.String)
+    )
     partial = path.with_name(path.name + ".partial")
     frame.write_parquet(partial) if path.suffix == ".parquet" else frame.write_ndjson(partial)
     partial.replace(path)

@@ -10,6 +10,9 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
 - Space, objective (a `val/` metric, never test), direction, trials, sampler and pruner
   come from `sweeps/<method>.yaml`; pruning runs through optuna-integration's Lightning
   callback, on the objective computed after every validation epoch.
+- Checked before the study or any run exists: the space file (its sections, and every config
+  a trial may draw), the config, the data, the base model, the source runs and the storage
+  URL; bad input is one error (exit 2) that creates nothing.
 - Dead or alive: every worker beats Optuna's heartbeat (database storages: SQLite,
   PostgreSQL) while it runs a trial; a trial whose worker stopped beating for the grace
   period is failed, by whichever worker starts a trial next, and its MLflow run marked
@@ -34,30 +37,34 @@ and Optuna's plots go to the parent, and the best trial's adapter is registered
   several on one host; any Optuna storage URL (postgresql://...) given as `storage`.
   The study exists before any worker starts. Each worker loads the base model and the
   tokenized data once, not per trial.
+- GPUs: each worker takes one of this host's GPUs (every visible one, or the list given)
+  and sees only it (CUDA_VISIBLE_DEVICES), so no two share one; each trial fits on one
+  device (train.devices=1) and its run is tagged `gpu`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import socket
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import optuna
-import yaml
 
-from research.config import ConfigError, build
+from research.config import SEED, ConfigError, ExperimentConfig, build, read_yaml
 from research.recipes.experiment import load_config
 from research.recipes.run import ensure_data_and_base
-from research.recipes.train import GenerativeValidation, run_tags, train_and_evaluate
+from research.recipes.train import GenerativeValidation, prepare, run_tags, train_and_evaluate
 from research.tracking.registry import register
-from research.tracking.runs import experiment_id
+from research.tracking.runs import experiment_id, require_server
 from research.tracking.sources import LINEAGE, resolve_sources
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
@@ -65,26 +72,92 @@ SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 @dataclass
 class SweepSpec:
-    objective: str = "val/embedding_similarity"
+    objective: str = field(
+        default="val/embedding_similarity",
+        metadata={"check": (lambda v, _: v.startswith("val/"), "must be a val/ metric: test never steers a sweep")},
+    )
     direction: Literal["maximize", "minimize"] = "maximize"
-    trials: int = 20
+    trials: int = field(default=20, metadata={"min": 1})
+    # the sections below stay plain mappings (the study's name hashes them as written);
+    # each is checked against the dataclass of the same name further down
     sampler: dict = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     pruner: dict = field(default_factory=lambda: {"name": "median"})
-    space: dict = field(default_factory=dict)
+    space: dict = field(default_factory=dict)  # config key -> SpaceParam
     # seconds: how often a worker beats, and how long a silent trial lives before it is failed
     heartbeat: dict = field(default_factory=lambda: {"interval": 20, "grace": 120})
 
 
-def load_spec(method: str, path: str | Path | None = None) -> SweepSpec:
+@dataclass
+class Sampler:
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int | None = field(default=None, metadata=SEED)
+
+
+@dataclass
+class Pruner:
+    name: Literal["median", "threshold", "none"] = "median"
+    startup_trials: int = field(default=2, metadata={"min": 0})  # median: trials before any is pruned
+    lower: float | None = None  # threshold: prune below this
+    upper: float | None = field(
+        default=None,
+        metadata={"check": (lambda v, p: p.name != "threshold" or {v, p.lower} != {None}, "threshold: lower or upper")},
+    )
+
+
+@dataclass
+class Heartbeat:
+    interval: int = field(default=20, metadata={"min": 1})
+    grace: int = field(default=120, metadata={"min": 1})
+
+
+@dataclass
+class SpaceParam:
+    type: str = field(default="", metadata={"choices": ("float", "int", "categorical")})
+    low: float | None = field(
+        default=None,
+        metadata={
+            "check": (
+                lambda v, p: p.type == "categorical" or (v is not None and (p.type == "float" or v == int(v))),
+                "float and int need low and high (integers for int)",
+            )
+        },
+    )
+    high: float | None = field(
+        default=None,
+        metadata={
+            "check": (
+                lambda v, p: (
+                    p.type == "categorical"
+                    or (v is not None and p.low is not None and p.low <= v and (p.type == "float" or v == int(v)))
+                ),
+                "at least low (an integer for int)",
+            )
+        },
+    )
+    log: bool = field(default=False, metadata={"check": (lambda v, p: not v or (p.low or 0) > 0, "log needs low > 0")})
+    choices: tuple[Any, ...] | None = field(
+        default=None, metadata={"check": (lambda v, p: p.type != "categorical" or bool(v), "categorical needs choices")}
+    )
+
+
+def load_spec(method: str, path: str | Path | None = None, overrides: list[str] = ()) -> SweepSpec:
+    """The search space of `path` (default sweeps/METHOD.yaml), checked whole: its sections, and
+    every config a trial may draw (each choice, each bound) with the fixed `overrides`."""
     path = Path(path) if path else SWEEPS_DIR / f"{method}.yaml"
     if not path.exists():
         raise ConfigError(f"no search space for {method}: {path} does not exist")
-    spec = build(SweepSpec, yaml.safe_load(path.read_text()) or {}, str(path))
-    if not spec.objective.startswith("val/"):
-        raise ConfigError(f"{path}: objective {spec.objective!r} must be a val/ metric (test never steers a sweep)")
-    for key, param in spec.space.items():
-        if param.get("type") not in ("float", "int", "categorical"):
-            raise ConfigError(f"{path}: space.{key}.type must be float, int or categorical")
+    try:
+        spec = build(SweepSpec, read_yaml(path) or {})
+        sections = {"sampler": Sampler, "pruner": Pruner, "heartbeat": Heartbeat}
+        for section, kind in sections.items():
+            build(kind, getattr(spec, section), section)
+        for key, param in spec.space.items():
+            param = build(SpaceParam, param, f"space.{key}")
+            for value in param.choices if param.type == "categorical" else (param.low, param.high):
+                draw = int(value) if param.type == "int" else value
+                load_config(None, [*overrides, f"{key}={draw}"], method)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return spec
 
 
@@ -104,7 +177,16 @@ def suggest(trial, space: dict) -> list[str]:
 
 # Where things are on one machine, not what the study is: each machine has its own copies
 # (the study's lineage check compares their content) and reaches the servers by its own URL.
-LOCAL_KEYS = ("data.dir", "data.cache_dir", "base_model", "tracking.uri", "tracking.artifacts")
+LOCAL_KEYS = (
+    "data.dir",
+    "data.cache_dir",
+    "base_model",
+    "tracking.uri",
+    "tracking.artifacts",
+    "train.accelerator",
+    "train.devices",
+    "train.strategy",
+)
 
 
 def study_name(method: str, spec: SweepSpec, overrides: list[str]) -> str:
@@ -144,10 +226,32 @@ def _fail_runs(client, experiment: str, study: str, number: int) -> None:
         client.set_terminated(run.info.run_id, "FAILED")
 
 
+DATABASES = ("sqlite", "postgresql", "mysql")  # Optuna's RDB storages (a dialect may name a driver: postgresql+psycopg)
+
+
+def check_storage_url(url: str) -> None:
+    """--storage: sqlite:///PATH, journal:PATH, or the URL of a database server that answers."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite":
+        valid = rest.startswith("///") and len(rest) > 3
+    elif scheme == "journal":
+        valid = bool(rest.strip())
+    else:
+        valid = scheme.split("+", 1)[0] in DATABASES and rest.startswith("//") and len(rest) > 2
+    if not valid:
+        raise ConfigError(
+            f"--storage {url!r}: not a storage URL (sqlite:///PATH, journal:PATH, postgresql://USER@HOST/DB)"
+        )
+    if scheme not in ("sqlite", "journal"):
+        require_server(url, "--storage")
+
+
 def open_storage(url: str, heartbeat: dict | None = None, on_stale: MarkRunFailed | None = None):
     """Optuna storage for `url`; database storages beat a heartbeat (`heartbeat`: interval
-    and grace seconds), and `on_stale` is called for each trial failed for silence."""
+    and grace seconds), and `on_stale` is called for each trial failed for silence. A
+    database that cannot be reached or opened is a ConfigError naming the URL."""
     import optuna
+    import sqlalchemy
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:"):
@@ -155,12 +259,15 @@ def open_storage(url: str, heartbeat: dict | None = None, on_stale: MarkRunFaile
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     heartbeat = heartbeat or SweepSpec().heartbeat
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=int(heartbeat["interval"]),
-        grace_period=int(heartbeat["grace"]),
-        heartbeat_stale_trial_callback=on_stale,
-    )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=int(heartbeat["interval"]),
+            grace_period=int(heartbeat["grace"]),
+            heartbeat_stale_trial_callback=on_stale,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # unreachable, refused, or no driver for it
+        raise ConfigError(f"--storage {url}: cannot open it ({str(err).splitlines()[0]})") from None
 
 
 class PerTrialSeed(optuna.samplers.BaseSampler):
@@ -194,10 +301,8 @@ def _sampler(spec: SweepSpec):
     """The YAML's sampler, seeded per trial."""
     import optuna
 
-    name = spec.sampler.get("name", "tpe")
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if name not in samplers:
-        raise ConfigError(f"sampler.name: {name!r} is not allowed (allowed: {', '.join(samplers)})")
+    name = spec.sampler.get("name", "tpe")  # one of them: load_spec checked it
     return PerTrialSeed(lambda seed: samplers[name](seed=seed), spec.sampler.get("seed"))
 
 
@@ -212,9 +317,7 @@ def _pruner(spec: SweepSpec):
         ),
         "none": optuna.pruners.NopPruner,
     }
-    if name not in pruners:
-        raise ConfigError(f"pruner.name: {name!r} is not allowed (allowed: {', '.join(pruners)})")
-    return pruners[name]()
+    return pruners[name]()  # one of them: load_spec checked it
 
 
 COUNTED = ("COMPLETE", "PRUNED")  # the trial states the budget counts
@@ -270,6 +373,7 @@ class Sweep:
     tracking_uri: str
     experiment: str
     parent_run_id: str = ""
+    gpu: str = ""  # the GPU this worker sees (empty: none assigned)
 
     def study(self):
         return optuna.load_study(
@@ -316,7 +420,7 @@ class Sweep:
             if self.spec.objective != "val/loss":
                 callbacks.append(GenerativeValidation(cfg))
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.spec.objective))
-        tags = {"study": self.name, "trial": str(trial.number)}
+        tags = {"study": self.name, "trial": str(trial.number), **({"gpu": self.gpu} if self.gpu else {})}
         result = train_and_evaluate(cfg, self.parent_run_id, tags, callbacks)
         trial.set_user_attr("run_id", result.run_id)
         if self.spec.objective not in result.metrics:
@@ -343,15 +447,49 @@ def _worker(sweep: Sweep) -> None:
     sweep.work()
 
 
+def visible_gpus() -> list[str]:
+    """This host's GPUs as CUDA names them: CUDA_VISIBLE_DEVICES's entries, or every index."""
+    import torch
+
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [gpu for gpu in visible.split(",") if gpu]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
+    """Each worker's own GPU, the first `workers` of `gpus` (a trial fits on one device, so a
+    worker has no use for a second). Without GPUs the workers share the CPU (None each); more
+    workers than GPUs would share one, and are refused."""
+    if not gpus:
+        return [None] * workers
+    if workers > len(gpus):
+        raise ConfigError(
+            f"{workers} workers on {len(gpus)} GPU(s) ({','.join(gpus)}) would share a GPU: run at most {len(gpus)}"
+        )
+    return gpus[:workers]
+
+
+def _start_worker(context, sweep: Sweep, gpu: str | None):
+    """A worker process that sees only `gpu` (as cuda:0). CUDA reads CUDA_VISIBLE_DEVICES once,
+    when a process first uses it, so the process is started with it already set."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        process = context.Process(target=_worker, args=(dataclasses.replace(sweep, gpu=gpu or ""),))
+        process.start()
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+    return process
+
+
 def _counted(study) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=tuple(TrialState[name] for name in COUNTED)))
-
-
-def _tracking(overrides: list[str], method: str):
-    cfg = load_config(None, overrides, method)
-    return cfg, experiment_id(cfg.tracking)
 
 
 def fail_stopped_workers(study, client, experiment: str, grace: float) -> int:
@@ -482,16 +620,31 @@ def run_sweep(
     workers: int = 1,
     storage: str | None = None,
     spec_path: str | Path | None = None,
+    gpus: list[str] | None = None,
 ) -> dict:
     """Create or join the study, run trials on `workers` processes until it has its trial
-    count, and summarise it on the parent MLflow run. Any number of machines may run this
-    at once on one storage and tracking server."""
+    count, and summarise it on the parent MLflow run. Each worker takes one of `gpus` (default:
+    every GPU this host shows). Any number of machines may run this at once on one storage and
+    tracking server."""
     import mlflow
 
     overrides = list(overrides)
-    spec = load_spec(method, spec_path)
-    cfg, experiment = _tracking(overrides, method)
-    ensure_data_and_base(cfg)
+    if storage is not None:
+        check_storage_url(storage)
+    spec = load_spec(method, spec_path, overrides)
+    cfg = load_config(None, overrides, method)
+    if cfg.train.devices != "1" or cfg.train.strategy != "auto":
+        raise ConfigError(
+            "a sweep trial fits on one device (train.devices=1, train.strategy=auto); a sweep spreads over GPUs "
+            "with its workers, one GPU each (--workers N [--gpus LIST])"
+        )
+    available = visible_gpus() if gpus is None else gpus
+    assigned = worker_gpus(workers, available)
+    defaults = ExperimentConfig()
+    if (cfg.data.dir, cfg.base_model) == (defaults.data.dir, defaults.base_model):
+        ensure_data_and_base(cfg)  # a fresh clone's `make sweep`; data or a base named elsewhere must exist
+    prepare(cfg)  # data, base, sources, adapted layers: checked before the study or any run exists
+    experiment = experiment_id(cfg.tracking)
     name = study_name(method, spec, overrides)
     storage = storage or default_storage(cfg.tracking.uri, workers)
     on_stale = MarkRunFailed(cfg.tracking.uri, experiment)
@@ -515,13 +668,15 @@ def run_sweep(
         f"study {name} ({storage}): {done} of {budget} trials done, running on {workers} worker(s) here"
         + (f"; {interrupted} trial(s) of stopped workers marked failed" if interrupted else "")
     )
-    if workers == 1:
+    if available:
+        print(", ".join(f"worker {k}: GPU {gpu}" for k, gpu in enumerate(assigned)))
+    if unused := available[workers:]:
+        print(f"GPU {','.join(unused)} unused: --workers {len(available)} would use every GPU")
+    if workers == 1 and assigned[0] is None:
         sweep.work()
     elif done < budget:
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker, args=(sweep,)) for _ in range(workers)]
-        for process in processes:
-            process.start()
+        processes = [_start_worker(context, sweep, gpu) for gpu in assigned]
         for process in processes:
             process.join()
     fail_stopped_workers(study, client, experiment, spec.heartbeat["grace"])

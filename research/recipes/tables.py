@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,11 +19,19 @@ SHORT = {
 }
 
 
+def _console() -> Console:
+    """The terminal's width, or 80 columns when the output is a log file."""
+    return Console()
+
+
 def _table(title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("", no_wrap=True)
+    """A row name, then a column per metric. Metrics never wrap; a long run name wraps (and a
+    word longer than its column folds), so in 80 columns every figure still reads whole. No
+    vertical rules: the name keeps their width."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False)
+    table.add_column("", overflow="fold", min_width=16)
     for metric in METRICS:
-        table.add_column(SHORT[metric], justify="right")
+        table.add_column(SHORT[metric], justify="right", no_wrap=True)
     return table
 
 
@@ -32,7 +41,7 @@ def print_headroom(headroom: dict) -> None:
         table.add_row(
             name, *(f"{headroom[name][m]:+.3f}" if name == "headroom" else f"{headroom[name][m]:.3f}" for m in METRICS)
         )
-    Console(width=140).print(table)
+    _console().print(table)
 
 
 def print_results(results, split: str = "test", headroom: dict | None = None) -> None:
@@ -44,7 +53,7 @@ def print_results(results, split: str = "test", headroom: dict | None = None) ->
     if headroom:
         for name in ("true_preferences", "population_average"):
             table.add_row(f"[dim]simulator: {name}[/dim]", *(f"[dim]{headroom[name][m]:.3f}[/dim]" for m in METRICS))
-    Console(width=140).print(table)
+    _console().print(table)
 
 
 def print_parameter_recall(results, split: str = "test", headroom: dict | None = None) -> None:
@@ -65,7 +74,7 @@ def print_parameter_recall(results, split: str = "test", headroom: dict | None =
             value = average.get(f"param_recall/{parameter}")
             cells.append("[dim]-[/dim]" if value is None else f"[dim]{value:.0%}[/dim]")
         table.add_row(parameter, *cells)
-    Console(width=140).print(table)
+    _console().print(table)
 
 
 def print_probe(results: dict[str, dict[str, float]], base: str) -> None:
@@ -78,7 +87,7 @@ def print_probe(results: dict[str, dict[str, float]], base: str) -> None:
         table.add_column(f"told {oracle}", justify="right")
     for key in ["param_f1", *sorted(k for k in results[oracles[0]] if k.startswith("param_recall/"))]:
         table.add_row(key.removeprefix("param_recall/"), *(f"{results[o].get(key, float('nan')):.2f}" for o in oracles))
-    Console(width=140).print(table)
+    _console().print(table)
 
 
 def print_comparison(rows: list[tuple[str, dict]], metric: str, split: str) -> None:

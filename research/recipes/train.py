@@ -31,10 +31,18 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from research.config import ConfigError, ExperimentConfig, TrainConfig, flatten, to_dict
 from research.data.schema import fingerprint, load_dataset
 from research.datamodules.persona import PersonaDataModule, held_out_personas
-from research.evaluation.clustering import behaviour_features, cluster_personas, description_features, log_clustering
+from research.evaluation.clustering import (
+    behaviour_features,
+    check_clustering,
+    cluster_personas,
+    description_features,
+    log_clustering,
+)
 from research.evaluation.generation import generate_split, score
 from research.evaluation.metrics import overall
 from research.models.base import base_fingerprint, load_base
+from research.models.devices import inference_device, trainer_devices
+from research.models.embedder import check_embedders
 from research.modules import METHODS
 from research.modules.base import Needs, Provided, Source
 from research.recipes.analysis import per_persona_table
@@ -77,11 +85,13 @@ def monitor_mode(train: TrainConfig) -> Literal["min", "max"]:
     return "min" if "loss" in train.monitor.rsplit("/", 1)[-1] else "max"
 
 
-def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
-    """The Trainer every method fits with (benchmarks use it too, so they measure this)."""
+def make_trainer(cfg: ExperimentConfig, logger=None, per_group_weights: bool = False, **overrides) -> L.Trainer:
+    """The Trainer every method fits with (benchmarks use it too, so they measure this), on the
+    config's devices; `per_group_weights`: the module's (research/modules/base.py)."""
     # tqdm like every other bar here (rich draws nothing in logs); none where a caller turns bars off
     progress = [TQDMProgressBar(refresh_rate=10)] if overrides.get("enable_progress_bar", True) else []
     settings = dict(
+        **trainer_devices(cfg.train, per_group_weights),
         max_epochs=cfg.train.max_epochs,
         precision=cfg.train.precision,
         limit_train_batches=cfg.train.limit_train_batches,
@@ -101,7 +111,12 @@ def make_trainer(cfg: ExperimentConfig, logger=None, **overrides) -> L.Trainer:
 
 def fit(module, datamodule, cfg: ExperimentConfig, run_id: str | None, callbacks=()) -> None:
     logger = run_id and RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri, run_id=run_id)
-    trainer = make_trainer(cfg, logger)
+    trainer = make_trainer(cfg, logger, module.per_group_weights)
+    if cfg.train.batch_size % trainer.world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} is the batch of a step over all devices: it does not split "
+            f"evenly over {trainer.world_size} devices"
+        )
     if cfg.train.monitor != "val/loss" and not any(isinstance(c, GenerativeValidation) for c in callbacks):
         callbacks = [GenerativeValidation(cfg), *callbacks]  # the monitored metric must exist each epoch
     trainer.callbacks.extend(callbacks)
@@ -120,9 +135,12 @@ class GenerativeValidation(Callback):
     def on_validation_epoch_end(self, trainer, module) -> None:
         if trainer.sanity_checking:
             return
-        predictions = generate_split(module, trainer.datamodule, "val", self.cfg.eval, self.cfg.train.precision)
-        for name, value in score(predictions, self.cfg.eval.embedder)[2].items():
-            module.log(f"val/{name}", value)
+        scores = None
+        if trainer.is_global_zero:  # under DDP one process generates, and every process logs its scores
+            predictions = generate_split(module, trainer.datamodule, "val", self.cfg.eval, self.cfg.train.precision)
+            scores = score(predictions, self.cfg.eval.embedder)[2]
+        for name, value in trainer.strategy.broadcast(scores).items():
+            module.log(f"val/{name}", value, sync_dist=True)
 
 
 @cache
@@ -247,6 +265,57 @@ def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list
     return provided
 
 
+def check_layer_names(method_args, model) -> None:
+    """Every field of the method's config whose metadata says {"base_layers": True} names
+    Linear layers the base model has (PEFT would refuse them only inside the run)."""
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    for f in dataclasses.fields(method_args):
+        if f.metadata.get("base_layers") and (unknown := [n for n in getattr(method_args, f.name) if n not in linear]):
+            raise ConfigError(
+                f"method_args.{f.name}: the base model has no Linear layer named {unknown[0]!r} "
+                f"(it has: {', '.join(linear)})"
+            )
+
+
+@dataclass
+class Prepared:
+    """What a run is made of, every input checked: the config with its sources resolved,
+    the base (a fresh copy), the tokenized data, the method's needs and the run's tags."""
+
+    cfg: ExperimentConfig
+    tokenizer: object
+    model: object
+    datamodule: PersonaDataModule
+    needs: Needs
+    sources: dict[str, list[Source]]
+    tags: dict[str, str]
+
+
+def prepare(cfg: ExperimentConfig, tags: dict[str, str] | None = None) -> Prepared:
+    """Check what the config alone cannot show (load_config checked that), in the order that
+    writes nothing until it is known good: the dataset (every row), the base model, the source
+    runs in the tracking store, the layers the method adapts, then the data split and tokenized
+    (a cache entry), and the clustering's k against the personas. A run, a seeds parent or a
+    study is made only after this."""
+    # run_tags validates the dataset: its fingerprint reads every row
+    tags = {**(tags or {}), **run_tags(cfg), "config": config_key(cfg)}
+    check_embedders(cfg)
+    tokenizer, model = base_copy(cfg.base_model)
+    sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))
+    tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
+    check_layer_names(cfg.method_args, model)
+    needs = method_needs(cfg)
+    context = needs.context(cfg.data) if needs.context else None
+    datamodule = PersonaDataModule(
+        cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context, augment=needs.augment
+    )
+    datamodule.prepare_data()  # splits first: a persona left without training dialogues writes nothing
+    datamodule.setup()
+    if needs.clustering is not None:
+        check_clustering(needs.clustering, len(datamodule.persona_ids), "method_args.clustering")
+    return Prepared(resolved_config(cfg, sources), tokenizer, model, datamodule, needs, sources, tags)
+
+
 def log_outputs(metrics: dict[str, float], artifacts: dict[str, object]) -> None:
     """A method's own metrics and artifacts (JSON for dicts, Parquet for frames, bytes as they are)."""
     if metrics:
@@ -275,27 +344,17 @@ def train_and_evaluate(
     join the Trainer's (a sweep's pruning)."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer, model = base_copy(cfg.base_model)
-    needs = method_needs(cfg)
-    context = needs.context(cfg.data) if needs.context else None
-    datamodule = PersonaDataModule(
-        cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context, augment=needs.augment
-    )
-    datamodule.prepare_data()
-    datamodule.setup()
-    tags = {**(tags or {}), **run_tags(cfg), "config": config_key(cfg)}
-    sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))  # before any run or work
-    tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
-    cfg = resolved_config(cfg, sources)
+    ready = prepare(cfg, tags)  # every input checked before the run exists
+    cfg, datamodule = ready.cfg, ready.datamodule
     run_name = run_name or describe(cfg)
-    with tracked_run(cfg.tracking, run_name, tags, flatten(to_dict(cfg)), parent_run_id) as run:
+    with tracked_run(cfg.tracking, run_name, ready.tags, flatten(to_dict(cfg)), parent_run_id) as run:
         log_dataset(load_dataset(cfg.data.dir)[1], cfg.data.dir, datamodule.data_fingerprint)
-        module, provided = build_module(cfg, model, tokenizer, datamodule, sources)
+        module, provided = build_module(cfg, ready.model, ready.tokenizer, datamodule, ready.sources)
         if provided.clustering is not None:
-            log_clustering(provided.clustering, needs.clustering)
+            log_clustering(provided.clustering, ready.needs.clustering)
         if provided.held_out:
             log_outputs(
-                {}, {"held_out_personas.json": {"share": needs.held_out, "personas": sorted(provided.held_out)}}
+                {}, {"held_out_personas.json": {"share": ready.needs.held_out, "personas": sorted(provided.held_out)}}
             )
         method_metrics, method_artifacts = module.outputs()
         log_outputs(method_metrics, method_artifacts)
@@ -306,7 +365,7 @@ def train_and_evaluate(
         fit_started = time.perf_counter()
         if module.trainable:
             fit(module, datamodule, cfg, run.info.run_id, callbacks)
-        module.to("cuda" if torch.cuda.is_available() else "cpu")
+        module.to(inference_device(cfg.train))
         eval_started = time.perf_counter()
         metrics, personas, predictions = {}, [], []
         for split in cfg.eval.splits:

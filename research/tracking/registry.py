@@ -32,8 +32,9 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import _validate_model_alias_name
 
-from research.config import ConfigError
+from research.config import ConfigError, read_text
 from research.modules.base import read_manifest
 
 
@@ -48,6 +49,10 @@ def _client(tracking_uri: str):
 
 def register(tracking_uri: str, run_id: str, alias: str = "candidate"):
     """A new version of the registered model named after the run's method."""
+    try:
+        _validate_model_alias_name(alias)  # before the version exists: it is never half-registered
+    except MlflowException as err:
+        raise RoutingError(f"--alias {alias!r}: {err.message}") from None
     client = _client(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -91,30 +96,43 @@ def _checksum(table: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def load_table(directory: str | Path) -> dict | None:
-    """The current routing table, None if nothing was promoted yet; a corrupted one is an error."""
-    path = Path(directory) / "table.json"
-    if not path.exists():
-        return None
+def _routing_dir(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RoutingError(f"--routing {directory}: not a directory (a routing table lives in one)")
+    return directory
+
+
+def _read_revision(path: Path) -> dict:
+    """A routing table file whose checksum and fields match, else a RoutingError naming it."""
     try:
-        table = json.loads(path.read_text())
-        valid = isinstance(table, dict) and table.get("checksum") == _checksum(table)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RoutingError(f"{path} is corrupted ({err}); restore it with `research routing rollback`") from err
-    if not valid or not {"revision", "routes", "fallback", "base_fingerprint"} <= table.keys():
+        table = json.loads(read_text(path, RoutingError))
+    except json.JSONDecodeError as err:
         raise RoutingError(
-            f"{path} is corrupted (checksum or fields do not match); `research routing rollback` restores it"
+            f"{path} line {err.lineno} is corrupted ({err.msg}); `research routing rollback` restores the table"
+        ) from None
+    fields = {"revision", "routes", "fallback", "base_fingerprint"}
+    if not isinstance(table, dict) or table.get("checksum") != _checksum(table) or not fields <= table.keys():
+        raise RoutingError(
+            f"{path} is corrupted (checksum or fields do not match); `research routing rollback` restores the table"
         )
     return table
 
 
+def load_table(directory: str | Path) -> dict | None:
+    """The current routing table, None if nothing was promoted yet; a corrupted one is an error."""
+    path = _routing_dir(directory) / "table.json"
+    return _read_revision(path) if path.exists() else None
+
+
 def history(directory: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(directory) / "history").glob("*.json"))]
+    """Every revision, oldest first; a damaged one is an error naming its file."""
+    return [_read_revision(p) for p in sorted((_routing_dir(directory) / "history").glob("*.json"))]
 
 
 @contextmanager
 def _locked(directory: Path):
-    directory.mkdir(parents=True, exist_ok=True)
+    _routing_dir(directory).mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -197,15 +215,16 @@ def verify(tracking_uri: str, routing_dir: str | Path, fix: bool = False) -> lis
 
 
 def _last_revision(directory: Path) -> int:
-    revisions = [int(p.stem) for p in (directory / "history").glob("*.json")]
-    return max(revisions, default=0)
+    return max((table["revision"] for table in history(directory)), default=0)
 
 
 def promote(
     tracking_uri: str, routing_dir: str | Path, model: str, version: str, personas: list[str] | str, base_fp: str
 ) -> dict:
     """Check, then write the routing table's next revision; all or nothing."""
-    directory = Path(routing_dir)
+    directory = _routing_dir(routing_dir)
+    if not personas:
+        raise RoutingError("--personas: name at least one persona (p1,p2,...) or all")
     source = adapter_dir(tracking_uri, model, version)
     client = _client(tracking_uri)
     tags = client.get_model_version(model, str(version)).tags
@@ -257,7 +276,10 @@ def promote(
 def rollback(tracking_uri: str, routing_dir: str | Path, to_revision: int | None = None) -> dict:
     """A new revision with the routes of `to_revision` (default: the one before the current);
     the `champion` aliases follow."""
-    directory, client = Path(routing_dir), _client(tracking_uri)
+    directory = _routing_dir(routing_dir)
+    if not (directory / "history").is_dir():  # nothing to lock, nothing to restore: write nothing
+        raise RoutingError(f"no routing revision to roll back to in {directory} (promote a registered model first)")
+    client = _client(tracking_uri)
     with _locked(directory):
         revisions = {t["revision"]: t for t in history(directory)}
         current = _last_revision(directory)

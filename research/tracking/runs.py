@@ -5,11 +5,13 @@ created, never reused, so nothing already logged is overwritten."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import polars as pl
@@ -44,7 +46,23 @@ def _experiment_tags() -> dict[str, str]:
     }
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
+
+
+def require_server(uri: str, key: str = "tracking.uri", timeout: float = 5.0) -> None:
+    """A server's URL (a tracking server, a database) that nothing answers on is an error at
+    once, naming `key`, before anything is written (MLflow would retry for minutes first)."""
+    url = urlsplit(uri)
+    try:
+        port = url.port or DEFAULT_PORTS.get(url.scheme.split("+", 1)[0])
+        socket.create_connection((url.hostname, port), timeout).close()
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{key} {uri}: no server answers there ({err})") from None
+
+
 def experiment_id(cfg: TrackingConfig) -> str:
+    if cfg.uri.split(":", 1)[0].split("+", 1)[0] in DEFAULT_PORTS:  # a server, not a file
+        require_server(cfg.uri)
     if cfg.uri.startswith("sqlite:///"):
         Path(cfg.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.uri)
@@ -119,9 +137,13 @@ def find_run(client, experiment: str, run_id: str):
             return client.get_run(run_id)
         except MlflowException as err:
             raise RunNotFound(f"run {run_id} does not exist ({client.tracking_uri})") from err
-    matches = [run for run in iter_runs(client, experiment) if run.info.run_id.startswith(run_id)]
+    # asked of the store (two at most: one is the answer, two say it is ambiguous); an id is hex,
+    # so nothing else is let into the filter
+    matches = []
+    if run_id.isalnum():
+        matches = client.search_runs([experiment], f"attributes.run_id LIKE '{run_id}%'", max_results=2)
     if len(matches) != 1:
-        found = "no run" if not matches else f"{len(matches)} runs"
+        found = "no run" if not matches else "more than one run"
         raise RunNotFound(f"run id {run_id!r}: {found} in experiment {experiment} starts with it")
     return matches[0]
 

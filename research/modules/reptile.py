@@ -111,8 +111,10 @@ class ReptileModule(GroupLoraModule):
                 optimizer.step()
         with torch.no_grad():
             for layer, a, b in zip(self.layers.values(), self.meta_A, self.meta_B, strict=True):
-                a += epsilon * (torch.stack([layer.lora_A[g] for g in groups]).mean(0) - a)
-                b += epsilon * (torch.stack([layer.lora_B[g] for g in groups]).mean(0) - b)
+                # mean_p (phi_p - theta): exactly zero when no persona moved (a mean of equal
+                # values need not round back to them)
+                a += epsilon * (torch.stack([layer.lora_A[g] for g in groups]) - a).mean(0)
+                b += epsilon * (torch.stack([layer.lora_B[g] for g in groups]) - b).mean(0)
         return losses[0] if losses else float("nan")
 
     def meta_train(self, dialogues: dict[int, list[dict]], collate) -> None:

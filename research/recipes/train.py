@@ -373,10 +373,11 @@ def train_and_evaluate(
                 generate_split(module, datamodule, split, cfg.eval, cfg.train.precision), cfg.eval.embedder
             )
             metrics |= {f"{split}/{name}": value for name, value in means.items()}
+            # a copy before insert_column below adds the split in place
+            held_out = per_persona.filter(pl.col("persona_id").is_in(sorted(provided.held_out)))
             personas.append(per_persona.insert_column(0, pl.lit(split).alias("split")))
             predictions.append(turns.insert_column(0, pl.lit(split).alias("split")))
             if provided.held_out:  # the held-out personas apart: `research compare --split held_out/test`
-                held_out = per_persona.filter(pl.col("persona_id").is_in(sorted(provided.held_out)))
                 metrics |= {f"held_out/{split}/{name}": value for name, value in overall(held_out).items()}
                 personas.append(held_out.insert_column(0, pl.lit(f"held_out/{split}").alias("split")))
         seconds = {

@@ -13,6 +13,7 @@ GPUS ?=
 STORAGE ?=
 PORT ?= 5000
 SEEDS ?= 1
+GRID ?= coarse
 METHODS ?=
 
 $(STAMP): requirements.lock pyproject.toml
@@ -21,7 +22,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-.PHONY: help setup run instrument study test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench gpu-check clean
+.PHONY: help setup run instrument study crossover results test lint format train sweep sweep-distributed-test promote data base report ui ui-check bench gpu-check clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -32,6 +33,12 @@ run: $(STAMP) ## main job: data -> base model -> no_adaptation, unified_lora, th
 
 instrument: $(STAMP) ## unified_lora told the resolved settings and the raw preferences vs plain, next to the anchors
 	$(PY) -m research.cli instrument $(ARGS)
+
+crossover: $(STAMP) ## where personalization starts to beat unified: make crossover [GRID=full] [METHODS=a,b]
+	$(PY) -m research.cli crossover --grid $(GRID) $(if $(METHODS),--methods $(METHODS)) $(ARGS)
+
+results: $(STAMP) ## docs/results.md from the study's and the crossover's output (after make study / make crossover)
+	$(PY) -m research.cli results
 
 study: $(STAMP) ## every method at its defaults (reusing finished runs) + the report: make study [SEEDS=3] [METHODS=a,b]
 	$(PY) -m research.cli study --seeds $(SEEDS) $(if $(METHODS),--methods $(METHODS)) $(ARGS)
@@ -51,7 +58,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 data: $(STAMP) ## generate the persona dataset into data/ (ARGS: key=value, e.g. personas=50)
 	$(PY) -m research.cli data generate $(ARGS)
 
-base: $(STAMP) ## pretrain the tiny base model into models/base
+base: $(STAMP) ## reproduce the shipped base/ from code into models/base and compare (~25 min; never needed)
 	$(PY) -m research.cli base $(ARGS)
 
 train: $(STAMP) ## train + evaluate one method: make train METHOD=unified_lora ARGS="train.lr=1e-3"
@@ -83,5 +90,5 @@ bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json; each sc
 gpu-check: $(STAMP) ## one accelerator: LoRA tokens/s + MFU in bf16, 200 adapters vs unified, generation, memory -> bench/results_gpu.json
 	$(PY) bench/gpu_check.py $(ARGS)
 
-clean: ## remove generated data, models, caches and the MLflow store (keeps .venv)
+clean: ## remove generated data, models, caches and the MLflow store (keeps .venv and the shipped base/)
 	rm -rf data models mlruns/mlflow.db mlruns/optuna.* mlruns/artifacts .pytest_cache

@@ -29,7 +29,7 @@ import polars as pl
 from record import arguments, record  # bench/ is on the path when a script here runs
 
 from bench import best_times
-from research.data.schema import assign_splits, load_dataset
+from research.data.schema import assign_splits, load_dataset, read_requests
 from research.datamodules.persona import PersonaDataModule
 from research.models.base import base_fingerprint, load_base
 from research.models.devices import inference_device
@@ -38,7 +38,7 @@ from research.modules.base import Source
 from research.recipes.experiment import load_config
 from research.recipes.logs import quiet_libraries
 from research.recipes.run import ensure_data_and_base
-from research.recipes.serve import REQUEST_FIELDS, RoutedModel, known_users, read_requests, write_predictions
+from research.recipes.serve import REQUEST_FIELDS, RoutedModel, known_users, write_predictions
 from research.recipes.train import build_module, make_trainer, run_tags
 from research.tracking.registry import promote, register
 from research.tracking.runs import experiment_id

@@ -13,12 +13,13 @@ EPILOG = """examples:
   research data generate                      200 personas x 30 dialogues into data/
   research base                               reproduce the shipped base from code into models/base
   research base --from smollm2-135m-instruct  a real instruction model (PyPI GGUF) into models/smollm2-135m-instruct
-  research probe --base models/base           does the base read the settings its prompt states? (seconds)
+  research probe --base base                  does the base read the settings its prompt states? (seconds)
   research train --method unified_lora train.lr=1e-3 method_args.r=4
   research score --reference "Setting the AC to 22 degrees." --prediction "AC at twenty-two degrees"
   research run                                the main job (make run)
   research instrument                         unified told the resolved settings / the raw preferences
   research study --seeds 3                    every method (reusing finished runs) + the report (make study)
+  research crossover                          where personalization starts to beat unified (make crossover)
   research sweep --method constrained_lora --trials 8     Optuna sweep, one MLflow child run per trial
   research cluster algorithm=kmeans features=behaviour    cluster personas, print silhouette, plot
   research register RUN_ID                    the run's adapter(s) -> registered model named after the method
@@ -294,6 +295,20 @@ def cmd_study(args) -> None:
     print(f"wrote {page} and {page.with_suffix('.md')}")
 
 
+def cmd_crossover(args) -> None:
+    from research.recipes.crossover import grid_named, run_crossover
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    page = run_crossover(args.overrides, grid_named(args.grid, args.seeds), methods, args.out)
+    print(f"wrote {page} and its heatmaps")
+
+
+def cmd_results(args) -> None:
+    from research.recipes.results import publish
+
+    print(f"wrote {publish(args.reports, args.out)}")
+
+
 def cmd_report(args) -> None:
     import time
 
@@ -407,7 +422,7 @@ def _model_and_training_commands(sub) -> None:
         "parameter, the share of reference settings right. Judge a base with it before the instrument's LoRA "
         "runs (`make instrument`).",
     )
-    probe.add_argument("--base", default="models/base", help="model directory or hub name (default: models/base)")
+    probe.add_argument("--base", default="base", help="model directory or hub name (default: the shipped base/)")
     probe.add_argument(
         "--speakers", type=_integer(1), default=150, help="held-out speakers, 2 requests each (default 150)"
     )
@@ -448,7 +463,7 @@ def _model_and_training_commands(sub) -> None:
         help="cluster personas (training dialogues or descriptions) and plot them; no training",
         description="key=value: ClusteringConfig keys (algorithm, features, k, ...) and data.* keys.",
     )
-    cluster.add_argument("--base-model", default="models/base", help="its tokenizer reads the dataset")
+    cluster.add_argument("--base-model", default="base", help="its tokenizer reads the dataset")
     cluster.add_argument("--plot", default="clusters.png", help="where to write the 2-D plot")
     cluster.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. algorithm=agglomerative k=6")
     cluster.set_defaults(func=cmd_cluster)
@@ -565,11 +580,50 @@ def _analysis_commands(sub) -> None:
         "seed; methods built on others get the study's runs of the same seed. Interrupted, the same command "
         "resumes. Then the report over exactly these runs (seeds parents with per-persona means when --seeds > 1).",
     )
-    study.add_argument("--methods", help="comma-separated subset (default: every registered method)")
-    study.add_argument("--seeds", type=int, default=1, help="training seeds per method (default 1; the full study: 3)")
+    study.add_argument(
+        "--methods",
+        help="comma-separated subset (default: every registered method); a method brings its variants, a variant "
+        'named alone (e.g. "retrieval trained with context") comes alone',
+    )
+    study.add_argument(
+        "--seeds", type=_integer(1), default=1, help="training seeds per method (default 1; the full study: 3)"
+    )
     study.add_argument("--out", default="reports/study", help="where the report goes (default reports/study)")
     study.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run, e.g. data.dir=...")
     study.set_defaults(func=cmd_study)
+
+    crossover = sub.add_parser(
+        "crossover",
+        help="where personalization starts to beat unified: training dialogues per persona x persona signal",
+        description="A grid of simulated datasets: training dialogues per persona (the same 2 val and 4 test "
+        "dialogues each) x persona signal (each persona's deviation from the population average; 0 none, 1 the "
+        "default dataset's, 2 double). In each cell every method trains once per seed (finished runs of the same "
+        "config are reused, so an interrupted map resumes) and is compared with unified on per-persona param F1: "
+        "the study's bar and the share of the cell's oracle headroom captured. MLflow: a parent run, a child per "
+        "cell. Writes OUT/crossover.md and heatmaps. coarse: 3 x 3 cells of 16 personas (about 90 min on 2 CPU "
+        "cores); full: 5 x 5 cells of 200 personas, 3 seeds (for GPUs).",
+    )
+    crossover.add_argument("--grid", default="coarse", help="coarse (default) or full")
+    crossover.add_argument(
+        "--methods",
+        help="comma-separated (default: unified_lora, per_persona_lora, hybrid_lora, augmented_lora, retrieval, "
+        "prompt_persona); unified_lora is always the baseline",
+    )
+    crossover.add_argument("--seeds", type=_integer(1), help="training seeds per cell (default: the grid's)")
+    crossover.add_argument("--out", default="reports/crossover", help="where the map goes (default reports/crossover)")
+    crossover.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run, e.g. train.lr=1e-3")
+    crossover.set_defaults(func=cmd_crossover)
+
+    results = sub.add_parser(
+        "results",
+        help="docs/results.md from make study and make crossover output, and the shipped base's card",
+        description="Assembles the results page from REPORTS/study/report.md, REPORTS/crossover/crossover.md "
+        "(each naming its runs, dataset, base fingerprint and date) and the shipped base's probe table; copies "
+        "their plots to OUT/results/.",
+    )
+    results.add_argument("--reports", default="reports", help="where study/ and crossover/ are (default reports)")
+    results.add_argument("--out", default="docs", help="where results.md goes (default docs)")
+    results.set_defaults(func=cmd_results)
 
     report = sub.add_parser(
         "report",

@@ -192,7 +192,7 @@ class ClusteringConfig:
 class ExperimentConfig:
     method: str = "unified_lora"
     # a local HF directory or a hub name (e.g. Qwen/Qwen2.5-0.5B-Instruct)
-    base_model: str = field(default="models/base", metadata={"nonempty": True})
+    base_model: str = field(default="base", metadata={"nonempty": True})  # the shipped base (base/README.md)
     seed: int = field(default=0, metadata=SEED)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

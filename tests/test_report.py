@@ -23,8 +23,10 @@ def test_report_shows_methods_against_unified_beside_anchors_and_instrument(sour
     assert time.perf_counter() - started < 30
     text = (tmp_path / "reports" / "report.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")}
-    assert {"simulator anchor: true preferences", "simulator anchor: population average", "unified_lora"} <= rows
-    assert {"**instrument**: unified_lora told resolved", "**instrument**: unified_lora told preferences"} <= rows
+    assert {"simulator anchor: true preferences", "simulator anchor: population average"} <= rows
+    assert f"unified_lora ({runs['unified_lora'][:8]})" in rows
+    told_rows = {f"**instrument**: {name} ({run_id[:8]})" for name, run_id in told_runs.items()}
+    assert told_rows <= rows
     assert f"per_persona_lora ({runs['per_persona_lora'][:8]})" in rows
     per_persona_row = next(line for line in text.splitlines() if line.startswith("| per_persona_lora"))
     assert "clears the bar" in per_persona_row or "misses:" in per_persona_row

@@ -85,3 +85,20 @@ def test_neutral_intent_weights_set_the_pretraining_mix_and_are_checked(tmp_path
         build(SimulatorConfig, {**small, "neutral_intent_weights": [-1, 0, 0, 1, 0, 0, 0, 0, 0]})
     with pytest.raises(ConfigError, match=r"neutral_intent_weights: .* \(not all 0\)"):
         build(SimulatorConfig, {**small, "neutral_intent_weights": [0] * 9})
+
+
+def test_signal_scales_each_personas_deviation_from_the_population_average():
+    from research.data.simulator.personas import NUMERIC_PREFERENCES, average_persona
+
+    drawn, _, _, _ = simulate(40, 2, seed=5)
+    average = average_persona(drawn)
+    none, _, _, _ = simulate(40, 2, seed=5, signal=0.0)
+    assert all(p.preferences() == none[0].preferences() == average_persona(none).preferences() for p in none)
+    assert len({(p.verbosity, p.pet_phrase) for p in none}) > 1  # style is left as drawn
+    double, _, _, _ = simulate(40, 2, seed=5, signal=2.0)
+    for before, after in zip(drawn, double, strict=True):
+        assert (after.color, after.genre) == (before.color, before.genre)
+        for key, (low, high, step) in NUMERIC_PREFERENCES.items():
+            wanted = getattr(average, key) + 2 * (getattr(before, key) - getattr(average, key))
+            assert abs(getattr(after, key) - min(high, max(low, wanted))) <= step / 2
+    assert simulate(40, 2, seed=5, signal=1.0)[:2] == simulate(40, 2, seed=5)[:2]

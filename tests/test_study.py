@@ -13,6 +13,13 @@ def test_entries_put_the_instrument_and_every_source_before_the_methods_built_on
     assert names.index("per_persona_lora") < names.index("moe_merge")
     assert names[-1] == "selective_routing"  # routes between every other LoRA run
     assert {"retrieval trained with context", "augmented_lora hybrid"} <= set(names)
+    alone = [entry.name for entry in study_entries(["retrieval trained with context"])]
+    assert alone == [
+        "unified_lora told resolved",
+        "unified_lora told preferences",
+        "unified_lora",
+        "retrieval trained with context",
+    ]
     with pytest.raises(ConfigError, match="'magic' is not registered"):
         study_entries(["magic"])
 

@@ -28,6 +28,9 @@ class SimulatorConfig:
         metadata={"min": 1, "check": (lambda v, c: v * c.test_fraction >= 1, "dialogues x test_fraction at least 1")},
     )
     seed: int = field(default=0, metadata=SEED)
+    # each persona's deviation from the population average: 0 none, 1 as drawn, 2 doubled
+    # (research/data/simulator/personas.py with_signal); the crossover map's second axis
+    signal: float = field(default=1.0, metadata={"min": 0})
     # Disjoint population for pretraining the base model: many speakers with few dialogues
     # each, so stated settings vary more (measured with the base's p_preferences 0.5 -> 0.8:
     # told the true preferences, unified_lora param F1 0.518 with 300 x 30, 0.705 with 900 x 10)
@@ -101,10 +104,11 @@ def oracle_headroom(dialogues: pl.DataFrame, oracle: dict, population: dict, sco
     return result
 
 
-def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_version: int) -> dict:
-    """Write OUT/personas (with the oracle headroom, scored by `score`, in meta.json) and OUT/neutral."""
+def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_version: int, neutral: bool = True) -> dict:
+    """Write OUT/personas (with the oracle headroom, scored by `score`, in meta.json) and, when
+    `neutral`, OUT/neutral (the base's pretraining population)."""
     out = Path(out)
-    personas, dialogues, oracle, population = simulate(cfg.personas, cfg.dialogues, cfg.seed)
+    personas, dialogues, oracle, population = simulate(cfg.personas, cfg.dialogues, cfg.seed, signal=cfg.signal)
     persona_df, dialogue_df = _frames(personas, dialogues)
     ids = dialogue_df["dialogue_id"].to_list()
     headroom = oracle_headroom(
@@ -120,13 +124,16 @@ def generate(cfg: SimulatorConfig, out: str | Path, score: Scorer, metrics_versi
         dialogue_df,
         {"simulator": asdict(cfg), "oracle_headroom": headroom, "prompt": PROMPT_NOTE},
     )
-    neutral = simulate(
-        cfg.neutral_personas,
-        cfg.neutral_dialogues,
-        cfg.seed + 1_000_003,
-        "neutral",
-        "neutral",
-        intent_weights=tuple(cfg.neutral_intent_weights),
-    )
-    write_dataset(out / "neutral", *_frames(*neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"})
+    if neutral:
+        population_neutral = simulate(
+            cfg.neutral_personas,
+            cfg.neutral_dialogues,
+            cfg.seed + 1_000_003,
+            "neutral",
+            "neutral",
+            intent_weights=tuple(cfg.neutral_intent_weights),
+        )
+        write_dataset(
+            out / "neutral", *_frames(*population_neutral[:2]), {"simulator": asdict(cfg), "population": "neutral"}
+        )
     return {"fingerprint": fingerprint(out / "personas"), "oracle_headroom": headroom}

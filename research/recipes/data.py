@@ -10,5 +10,5 @@ from research.evaluation.generation import score
 from research.evaluation.metrics import METRICS_VERSION
 
 
-def generate_dataset(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "") -> dict:
-    return generate(cfg, out, lambda predictions: score(predictions, embedder)[2], METRICS_VERSION)
+def generate_dataset(cfg: SimulatorConfig, out: str | Path = "data", embedder: str = "", neutral: bool = True) -> dict:
+    return generate(cfg, out, lambda predictions: score(predictions, embedder)[2], METRICS_VERSION, neutral)

@@ -167,8 +167,10 @@ def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | 
             line([f"simulator anchor: {name.replace('_', ' ')}", *(f"{headroom[name][m]:.3f}" for m in COLUMNS)])
         )
     for row in told:
-        lines.append(line([f"**instrument**: {row.name}", *scores(row, True), "", "", "", "", "", *cost(row.run)]))
-    lines.append(line(["unified_lora", *scores(unified, False), "", "", "", "", "", *cost(unified.run)]))
+        named = f"**instrument**: {row.name} ({row.run.info.run_id[:8]})"
+        lines.append(line([named, *scores(row, True), "", "", "", "", "", *cost(row.run)]))
+    named = f"{unified.name} ({unified.run.info.run_id[:8]})"
+    lines.append(line([named, *scores(unified, False), "", "", "", "", "", *cost(unified.run)]))
     true_anchor = headroom["true_preferences"][metric] if headroom else None
     for other, result in zip(others, results, strict=True):
         share = headroom_captured(result, true_anchor)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from research.data.generate import SimulatorConfig
 from research.evaluation.metrics import METRICS_VERSION
-from research.models.base import BaseConfig, check_base, pretrain_from_dataset
+from research.models.base import check_base
 from research.recipes.data import generate_dataset
 from research.recipes.experiment import load_config
 from research.recipes.tables import print_parameter_recall, print_results
@@ -52,9 +52,6 @@ def ensure_data_and_base(cfg) -> None:
         # the simulator is deterministic: the same settings rewrite the same rows, new anchors
         print(f"re-scoring the anchors of {data_dir} (metrics version {scored_with} -> {METRICS_VERSION})")
         generate_dataset(SimulatorConfig(**meta["simulator"]), data_dir.parent)
-    if not (Path(cfg.base_model) / "config.json").exists():
-        print(f"pretraining the base model into {cfg.base_model}")
-        pretrain_from_dataset(data_dir.parent / "neutral", cfg.base_model, BaseConfig())
     check_base(cfg.base_model)
 
 

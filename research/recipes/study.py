@@ -23,6 +23,7 @@ from pathlib import Path
 
 import mlflow
 
+from research.config import ConfigError
 from research.modules import METHODS
 from research.modules.base import source_fields
 from research.recipes.experiment import load_config
@@ -50,26 +51,36 @@ VARIANTS = {
 }
 
 
-def study_entries(methods: list[str] | None = None) -> list[Entry]:
-    """The instrument rows, then `methods` (default: every registered one) and their variants,
-    in an order where every source comes before the methods built on it."""
-    chosen = list(METHODS) if not methods else methods
-    if unknown := [m for m in chosen if m not in METHODS]:
-        from research.config import ConfigError
+def check_methods(methods: list[str], variants: bool = False) -> None:
+    allowed = [*METHODS, *(v.name for vs in VARIANTS.values() for v in vs)] if variants else list(METHODS)
+    if unknown := [m for m in methods if m not in allowed]:
+        raise ConfigError(f"--methods: {unknown[0]!r} is not registered (allowed: {', '.join(allowed)})")
 
-        raise ConfigError(f"--methods: {unknown[0]!r} is not registered (allowed: {', '.join(METHODS)})")
+
+def study_entries(methods: list[str] | None = None) -> list[Entry]:
+    """The instrument rows, then `methods` (default: every registered one; a method brings its
+    variants, a variant named alone comes alone), in an order where every source comes before
+    the methods built on it."""
+    chosen = list(METHODS) if not methods else methods
+    check_methods(chosen, variants=True)
+    variants = {v.name: v for vs in VARIANTS.values() for v in vs}
     entries = [
         Entry(name, "unified_lora", (f"data.oracle={oracle}",), tag) for oracle, (tag, name) in INSTRUMENT_ROWS.items()
     ]
-    for method in ["unified_lora", *(m for m in chosen if m != "unified_lora")]:
-        entries += [Entry(method, method), *VARIANTS.get(method, [])]
+    for name in ["unified_lora", *(m for m in chosen if m != "unified_lora")]:
+        entries += [variants[name]] if name in variants else [Entry(name, name), *VARIANTS.get(name, [])]
+    return sources_first(entries)
+
+
+def sources_first(entries: list[Entry]) -> list[Entry]:
+    """`entries` in an order where every source comes before the methods built on it."""
 
     def rank(entry: Entry) -> int:  # 0: builds on nothing; 1: on named methods; 2: on any candidate
         args = load_config(None, list(entry.overrides), entry.method).method_args
         wanted = set(source_fields(type(args), args).values())
         return 2 if "*" in wanted else 1 if wanted else 0
 
-    return sorted(entries, key=rank)  # stable: registry order within a rank
+    return sorted(entries, key=rank)  # stable: the given order within a rank
 
 
 def _finished_run(client, experiment: str, cfg, key: str):
@@ -109,6 +120,50 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
     return overrides
 
 
+def train_entries(
+    overrides: list[str], entries: list[Entry], seeds: int, parent_run_id: str | None = None, label: str = ""
+) -> dict[tuple[str, int], str]:
+    """Train, or reuse a finished run of the same config and lineage, every (entry, seed); the
+    runs trained here are children of `parent_run_id`. Returns (entry name, seed) -> run id."""
+    experiment = experiment_id(load_config(None, list(overrides), "unified_lora").tracking)
+    client = mlflow.tracking.MlflowClient()
+    done: dict[tuple[str, int], str] = {}
+    steps = [(entry, seed) for entry in entries for seed in range(seeds)]
+    trained: list[float] = []
+    for step, (entry, seed) in enumerate(steps, 1):
+        cfg = load_config(None, [*overrides, *_with_sources(entry, done, seed)], entry.method)
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + seed)
+        where = f"{label}[{step}/{len(steps)}] {entry.name}, seed {cfg.seed}"
+        if run := _finished_run(client, experiment, cfg, config_key(cfg)):
+            done[entry.name, seed] = run.info.run_id
+            print(f"{where}: reusing run {run.info.run_id[:8]}", flush=True)
+            continue
+        print(f"{where}: training", flush=True)
+        started = time.perf_counter()
+        tags = {"instrument": entry.instrument} if entry.instrument else None
+        done[entry.name, seed] = train_and_evaluate(cfg, parent_run_id, tags, run_name=entry.name).run_id
+        trained.append(time.perf_counter() - started)
+        left = (len(steps) - step) * sum(trained) / len(trained) / 60
+        print(f"{where}: done in {trained[-1] / 60:.1f} min; at most about {left:.0f} min left", flush=True)
+    return done
+
+
+def seed_rows(overrides: list[str], entries: list[Entry], done: dict[tuple[str, int], str], seeds: int) -> list[str]:
+    """Per entry, the run a table shows: its run (one seed), or its seeds parent over the
+    seeds' runs (per-persona means), made once and then reused."""
+    client = mlflow.tracking.MlflowClient()
+    rows = []
+    for entry in entries:
+        children = [done[entry.name, seed] for seed in range(seeds)]
+        if seeds == 1:
+            rows.append(children[0])
+            continue
+        cfg = load_config(None, [*overrides, *entry.overrides], entry.method)
+        parent = _seeds_parent(client, experiment_id(cfg.tracking), children)
+        rows.append(parent.info.run_id if parent else aggregate_seeds(cfg, children).run_id)
+    return rows
+
+
 def run_study(
     overrides: list[str] = (), methods: list[str] | None = None, seeds: int = 1, out: str | Path = "reports/study"
 ) -> Path:
@@ -116,33 +171,5 @@ def run_study(
     entries = study_entries(methods)
     first = load_config(None, list(overrides), "unified_lora")
     ensure_data_and_base(first)
-    experiment = experiment_id(first.tracking)
-    client = mlflow.tracking.MlflowClient()
-    done: dict[tuple[str, int], str] = {}  # (entry name, seed) -> run id
-    steps = [(entry, seed) for entry in entries for seed in range(seeds)]
-    trained: list[float] = []
-    for step, (entry, seed) in enumerate(steps, 1):
-        cfg = load_config(None, [*overrides, *_with_sources(entry, done, seed)], entry.method)
-        cfg = dataclasses.replace(cfg, seed=cfg.seed + seed)
-        label = f"[{step}/{len(steps)}] {entry.name}, seed {cfg.seed}"
-        if run := _finished_run(client, experiment, cfg, config_key(cfg)):
-            done[entry.name, seed] = run.info.run_id
-            print(f"{label}: reusing run {run.info.run_id[:8]}", flush=True)
-            continue
-        print(f"{label}: training", flush=True)
-        started = time.perf_counter()
-        tags = {"instrument": entry.instrument} if entry.instrument else None
-        done[entry.name, seed] = train_and_evaluate(cfg, tags=tags, run_name=entry.name).run_id
-        trained.append(time.perf_counter() - started)
-        left = (len(steps) - step) * sum(trained) / len(trained) / 60
-        print(f"{label}: done in {trained[-1] / 60:.1f} min; at most about {left:.0f} min left", flush=True)
-    rows = []
-    for entry in entries:
-        children = [done[entry.name, seed] for seed in range(seeds)]
-        if seeds == 1:
-            rows.append(children[0])
-            continue
-        parent = _seeds_parent(client, experiment, children)
-        cfg = load_config(None, [*overrides, *entry.overrides], entry.method)
-        rows.append(parent.info.run_id if parent else aggregate_seeds(cfg, children).run_id)
-    return build_report(first.tracking, rows, "param_f1", Path(out))
+    done = train_entries(list(overrides), entries, seeds)
+    return build_report(first.tracking, seed_rows(list(overrides), entries, done, seeds), "param_f1", Path(out))

@@ -8,7 +8,7 @@ import random
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
-from research.data.simulator.personas import Persona, average_persona, make_persona
+from research.data.simulator.personas import Persona, average_persona, make_persona, with_signal
 from research.data.simulator.planning import follow_up, make_context, plan_actions
 from research.data.simulator.tables import FOLLOW_UP_PARAMETER, FOLLOW_UP_TEXT, INTENT_WEIGHTS, INTENTS, USER_TEXT
 from research.data.simulator.wording import render_reply, user_text
@@ -69,11 +69,16 @@ def simulate(
     archetype: str | None = None,
     id_prefix: str = "persona",
     intent_weights: tuple[float, ...] = INTENT_WEIGHTS,
+    signal: float = 1.0,
 ):
     """Personas and their dialogues; also the re-worded assistant turns needed for the
-    oracle headroom: (true preferences, population-average preferences) per turn."""
+    oracle headroom: (true preferences, population-average preferences) per turn. `signal`
+    scales each persona's deviation from the population average (personas.with_signal)."""
     rng = random.Random(seed)
     personas = [make_persona(rng, f"{id_prefix}_{i:03d}", archetype) for i in range(n_personas)]
+    if signal != 1.0:  # its own generator: the draws of signal 1 (the default dataset) stay as they were
+        drawn, scaling = average_persona(personas), random.Random(f"{seed}/signal")
+        personas = [with_signal(p, drawn, signal, scaling) for p in personas]
     average = average_persona(personas)
     start = datetime(2025, 1, 6, 7, 0)
     dialogues, oracle, population = [], [], []

@@ -143,3 +143,28 @@ def average_persona(personas: list[Persona]) -> Persona:
         evening_dim=mean("evening_dim", 10),
         cold_boost=mean("cold_boost"),
     )
+
+
+# Numeric preferences: (low, high, step) of the values a persona may hold
+NUMERIC_PREFERENCES = {
+    "brightness": (10, 100, 10),
+    "temperature": (17, 27, 1),
+    "speaker_volume": (5, 90, 5),
+    "tv_volume": (5, 60, 5),
+    "evening_dim": (0, 30, 10),
+    "cold_boost": (0, 2, 1),
+}
+
+
+def with_signal(persona: Persona, average: Persona, signal: float, rng: random.Random) -> Persona:
+    """`persona` with its deviation from the population average scaled by `signal`: 0 gives
+    every persona the average's preferences (nothing to personalize), 1 leaves it as drawn,
+    2 doubles each numeric deviation (clipped to the domain). A category (colour, genre)
+    cannot deviate more than "not the average's": below 1 it is kept with probability
+    `signal`, else the average's; at 1 and above it is kept. Style is left as drawn."""
+    numbers = {
+        key: _clip(getattr(average, key) + signal * (getattr(persona, key) - getattr(average, key)), *limits)
+        for key, limits in NUMERIC_PREFERENCES.items()
+    }
+    categories = {key: _pick(rng, getattr(persona, key), [getattr(average, key)], signal) for key in ("color", "genre")}
+    return replace(persona, **numbers, **categories)

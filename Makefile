@@ -82,7 +82,7 @@ report: $(STAMP) ## the study's table + plots from MLflow -> reports/report.{md,
 ui-check: $(STAMP) ## the runs table and a two-method comparison in headless Chromium -> reports/ui/*.png
 	$(PY) -m research.cli ui --check --port $(PORT) tracking.uri=$(TRACKING) $(ARGS)
 
-BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py bench/serving.py
+BENCHMARKS := bench/bench.py bench/many_adapters.py bench/sweep_overhead.py bench/mfu.py bench/serving.py bench/cold_start.py
 bench: $(STAMP) ## benchmarks: prints ratios, writes bench/results.json; each script runs even if another fails
 	@failed=""; for script in $(BENCHMARKS); do $(PY) $$script $(ARGS) || failed="$$failed $$script"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi

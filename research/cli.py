@@ -583,7 +583,7 @@ def _analysis_commands(sub) -> None:
     study.add_argument(
         "--methods",
         help="comma-separated subset (default: every registered method); a method brings its variants, a variant "
-        "named alone (e.g. \"retrieval trained with context\") comes alone",
+        'named alone (e.g. "retrieval trained with context") comes alone',
     )
     study.add_argument(
         "--seeds", type=_integer(1), default=1, help="training seeds per method (default 1; the full study: 3)"

@@ -74,3 +74,23 @@ def source_runs(data_root, base_dir, tmp_path_factory):
         m: train_and_evaluate(load_config(None, experiment, m)).run_id for m in ("unified_lora", "per_persona_lora")
     }
     return experiment, runs
+
+
+def evaluated_requests(cfg, run_id: str, personas: list[str]) -> tuple[list[dict], list[str]]:
+    """For each persona, its first test dialogue's first user turn as a serving request, and
+    the answer the run's evaluation generated for that turn."""
+    import mlflow
+    import polars as pl
+
+    from research.data.schema import load_dataset
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
+    predictions = pl.read_parquet(path).filter(pl.col("split") == "test", pl.col("turn") == 0)
+    _, dialogues = load_dataset(cfg.data.dir)
+    requests, expected = [], []
+    for persona in personas:
+        row = predictions.filter(pl.col("persona_id") == persona).sort("dialogue_id").row(0, named=True)
+        dialogue = dialogues.filter(pl.col("dialogue_id") == row["dialogue_id"]).row(0, named=True)
+        requests.append({**dialogue, "turns": dialogue["turns"][:1]})
+        expected.append(row["prediction"])
+    return requests, expected

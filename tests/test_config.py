@@ -23,7 +23,10 @@ def test_precedence_file_then_method_then_overrides(tmp_path):
     ("overrides", "message"),
     [
         (["train.lrr=1"], r"unknown key train.lrr \(allowed: max_epochs, lr,"),
-        (["method_args.rank=4"], r"unknown key method_args.rank \(allowed: r, alpha, dropout, target_modules\)"),
+        (
+            ["method_args.rank=4"],
+            r"unknown key method_args.rank \(allowed: r, alpha, dropout, target_modules, held_out\)",
+        ),
         (["train.precision=fp8"], r"train.precision: 'fp8' is not allowed \(allowed: bf16-mixed, 32-true, 16-mixed\)"),
         (["train.max_epochs=two"], r"train.max_epochs: expected an integer, got 'two'"),
         (["data.user_name=maybe"], r"expected true or false"),

@@ -4,7 +4,9 @@ Dialogues are rendered with the tokenizer's chat template (context in the system
 turn), trained with the loss on assistant tokens only, and evaluated turn by turn
 (the dialogue history up to an assistant turn is the prompt). Every batch carries
 the persona index and dialogue ids (training and val batches); methods that own an
-adapter per group pass `group_of` and get `group_idx` too. A method may add reworded
+adapter per group pass `group_of` and get `group_idx` too. Personas in `held_out` (a
+persona-level split) are left out of the training and val-loss batches, never out of
+evaluation. A method may add reworded
 copies of the training dialogues (`augment`, marked `augmented`). Tokenized data is
 cached under `cache_dir`, keyed by the dataset, the tokenizer and the settings that
 change tokens.
@@ -83,6 +85,15 @@ def default_context(cfg: DataConfig) -> ProfileContext:
     return ProfileContext(user_name=cfg.user_name, oracle=cfg.oracle)
 
 
+def held_out_personas(persona_ids: list[str], share: float) -> set[str]:
+    """`share` of the personas (at least one when share > 0, never all), chosen by a hash of
+    their ids: the same personas for every run, method and seed with that share."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"held_out: a share of personas in [0, 1), got {share}")
+    count = min(max(round(share * len(persona_ids)), 1 if share > 0 else 0), len(persona_ids) - 1)
+    return set(sorted(persona_ids, key=lambda p: hashlib.sha256(p.encode()).hexdigest())[:count])
+
+
 class PersonaDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -97,6 +108,7 @@ class PersonaDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.tokenizer, self.batch_size, self.seed = cfg, tokenizer, batch_size, seed
         self.group_of = group_of
+        self.held_out: set[str] = set()  # personas whose dialogues never reach training (the recipe sets it)
         self.context = context or default_context(cfg)
         self.augment = augment
         self.data_fingerprint = fingerprint(cfg.dir)
@@ -183,19 +195,22 @@ class PersonaDataModule(L.LightningDataModule):
             batch["group_idx"] = torch.tensor([self.group_of[r["persona_id"]] for r in rows])
         return batch
 
+    def _trained_on(self, split: str) -> list[dict]:
+        return [row for row in self.examples[split] if row["persona_id"] not in self.held_out]
+
     def device_batch_size(self) -> int:
         """`batch_size` is a step's batch over all devices: under DDP each process loads its share
         (Lightning gives each its part of the data), so a fit on N devices takes the same steps."""
         return self.batch_size // (self.trainer.world_size if self.trainer else 1)
 
     def train_dataloader(self) -> DataLoader:
-        rows = self.examples["train"]
+        rows = self._trained_on("train")
         generator = torch.Generator().manual_seed(self.seed)
         sampler = LengthGroupedSampler([len(r["input_ids"]) for r in rows], self.device_batch_size(), generator)
         return DataLoader(rows, self.device_batch_size(), sampler=sampler, collate_fn=self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.examples["val"], self.device_batch_size() * 2, collate_fn=self._collate)
+        return DataLoader(self._trained_on("val"), self.device_batch_size() * 2, collate_fn=self._collate)
 
     # --- evaluation turns -----------------------------------------------------
 

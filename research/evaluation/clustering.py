@@ -54,27 +54,30 @@ def _training_replies(datamodule) -> dict[str, list[str]]:
     return replies
 
 
+def behaviour_statistics(replies: list[str]) -> dict[str, float]:
+    """One persona's behaviour from its replies: per reply, how often it uses each device and
+    sets each categorical value, words and exclamations; the mean of each numeric setting."""
+    counts: dict[str, float] = defaultdict(float)
+    values: dict[str, list[float]] = defaultdict(list)
+    for text in replies:
+        found = extract(text)
+        for device in found.devices:
+            counts[f"uses {device}"] += 1
+        for device, parameter, value in found.triples:
+            if parameter in NUMERIC_PARAMETERS:
+                values[f"{device} {parameter}"].append(float(value))
+            else:
+                counts[f"{device} {parameter}={value}"] += 1
+        counts["words"] += len(text.split())
+        counts["exclamations"] += text.count("!")
+    n = max(len(replies), 1)
+    return {**{k: v / n for k, v in counts.items()}, **{k: float(np.mean(v)) for k, v in values.items()}}
+
+
 def behaviour_features(datamodule) -> np.ndarray:
     """One standardised row per persona (datamodule.persona_ids order), from training replies only."""
     replies = _training_replies(datamodule)
-    rows = []
-    for persona in datamodule.persona_ids:
-        texts = replies.get(persona, [])
-        counts: dict[str, float] = defaultdict(float)
-        values: dict[str, list[float]] = defaultdict(list)
-        for text in texts:
-            found = extract(text)
-            for device in found.devices:
-                counts[f"uses {device}"] += 1
-            for device, parameter, value in found.triples:
-                if parameter in NUMERIC_PARAMETERS:
-                    values[f"{device} {parameter}"].append(float(value))
-                else:
-                    counts[f"{device} {parameter}={value}"] += 1
-            counts["words"] += len(text.split())
-            counts["exclamations"] += text.count("!")
-        n = max(len(texts), 1)
-        rows.append({**{k: v / n for k, v in counts.items()}, **{k: float(np.mean(v)) for k, v in values.items()}})
+    rows = [behaviour_statistics(replies.get(persona, [])) for persona in datamodule.persona_ids]
     columns = sorted({c for row in rows for c in row})
     table = np.array([[row.get(c, np.nan) for c in columns] for row in rows], dtype=np.float64)
     # a persona that never set a value gets the population's mean for it

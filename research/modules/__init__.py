@@ -7,7 +7,9 @@ from research.modules.augmented_lora import AugmentedLoraModule
 from research.modules.base import AdaptationModule
 from research.modules.cluster_lora import ClusterLoraModule
 from research.modules.constrained_lora import ConstrainedLoraModule
+from research.modules.dual_tower import DualTowerModule
 from research.modules.hybrid_lora import HybridLoraModule
+from research.modules.hyper_lora import HyperLoraModule
 from research.modules.merges import (
     DareMergeModule,
     MoeMergeModule,
@@ -15,11 +17,13 @@ from research.modules.merges import (
     TiesMergeModule,
     WeightedMergeModule,
 )
+from research.modules.moe_router import MoeRouterModule
 from research.modules.multitask import MultitaskModule
 from research.modules.no_adaptation import NoAdaptationModule
 from research.modules.per_persona_lora import PerPersonaLoraModule
 from research.modules.prefix_static import PrefixStaticModule
 from research.modules.prompt_tuning import PromptClusterModule, PromptPersonaModule
+from research.modules.reptile import ReptileModule
 from research.modules.retrieval import RetrievalModule
 from research.modules.selective_routing import SelectiveRoutingModule
 from research.modules.unified_lora import UnifiedLoraModule
@@ -45,4 +49,8 @@ METHODS: dict[str, type[AdaptationModule]] = {
     "user_embedding": UserEmbeddingModule,
     "multitask": MultitaskModule,
     "augmented_lora": AugmentedLoraModule,
+    "moe_router": MoeRouterModule,
+    "reptile": ReptileModule,
+    "dual_tower": DualTowerModule,
+    "hyper_lora": HyperLoraModule,
 }

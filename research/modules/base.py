@@ -6,7 +6,8 @@ A method is an `AdaptationModule` subclass with
                     `source_method` names a run the method builds on (a source)
   needs(args)       what it asks the recipe for: an adapter per persona or per cluster,
                     a clustering, persona features, a context provider for its prompts,
-                    the training dialogues' recorded actions, augmented training data
+                    the training dialogues' recorded actions or user turns, augmented
+                    training data, a persona-level split (personas held out of training)
   __init__(model, tokenizer, train, args, provided)
                     builds layers from what the recipe `provided` (resolved sources with
                     their artifacts on disk, groups, clustering, features); nothing else:
@@ -20,8 +21,10 @@ A method is an `AdaptationModule` subclass with
   adapter_kind      what `save_adapter` writes: "none", "lora" (PEFT LoRA directories),
                     "lora+context" (LoRA plus the context provider its prompts need, in
                     manifest.json), "prompt+lora" (learned prompts per group in PEFT's
-                    prompt-tuning format over a LoRA, modules/soft_prompts.py); serving
-                    dispatches on it (read_manifest)
+                    prompt-tuning format over a LoRA, modules/soft_prompts.py), "module"
+                    (the method's own layout, manifest `method`: serving rebuilds it with
+                    the method's `served` and answers its personas in batches of their
+                    own); serving dispatches on it (read_manifest)
   outputs()         metrics and artifacts it made while being built, for the recipe to log
 A method file holds only what makes it different (how it wraps the base model, extra
 loss terms, how a batch picks its adapter).
@@ -54,7 +57,12 @@ class Needs:
     # the method's own prompts, built from the data config; None: the data config's
     context: Callable[[DataConfig], ContextProvider] | None = None
     actions: bool = False  # each training dialogue's recorded actions (auxiliary targets)
+    user_turns: bool = False  # each training dialogue's user turns, as text
     augment: Augmentation | None = None  # reworded copies of the training dialogues to train on too
+    # share of personas held out of training entirely (a persona-level split, the same personas
+    # for every run with the same share): none of their dialogues reaches a training step or the
+    # val loss; they are evaluated like every persona, and apart (held_out/<split>/<metric>)
+    held_out: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ class Source:
 @dataclass
 class Provided:
     persona_ids: list[str]
-    trained_personas: set[str]  # personas with training dialogues
+    trained_personas: set[str]  # personas whose training dialogues reach training
+    held_out: set[str] = field(default_factory=set)  # personas held out of training (needs.held_out)
     sources: dict[str, list[Source]] = field(default_factory=dict)  # config field -> its runs
     groups: dict[str, str] | None = None  # persona -> group name (needs.groups)
     clustering: Any = None  # research.evaluation.clustering.Clustering (needs.clustering)
@@ -78,6 +87,9 @@ class Provided:
     # training dialogue id -> each assistant turn's actions, in order (needs.actions);
     # batches carry `dialogue_id` to look them up
     actions: dict[str, list[list[dict]]] | None = None
+    # training dialogue id -> (its persona, its user turns' text in order) (needs.user_turns);
+    # held-out personas' dialogues are not training dialogues
+    user_turns: dict[str, tuple[str, list[str]]] | None = None
 
     def source(self, name: str) -> Source:
         return self.sources[name][0]
@@ -206,3 +218,17 @@ class AdaptationModule(L.LightningModule):
 
     def save_adapter(self, directory: Path) -> None:
         """Write the method's adapter(s) (`adapter_kind`) into `directory`."""
+
+    @classmethod
+    def served(cls, directory: Path, model, tokenizer) -> ServedModel:
+        """Adapter kind "module": the exported `directory` rebuilt on `model` (a fresh copy of
+        the base) for answering requests."""
+        raise NotImplementedError(f"{cls.__name__} exports no adapter of kind 'module'")
+
+
+class ServedModel:
+    """What serving answers through for an adapter of kind "module"."""
+
+    def generate(self, batch: dict, persona_ids: list[str], max_new_tokens: int) -> torch.Tensor:
+        """The new tokens for each left-padded prompt of `batch`, row i asked by `persona_ids[i]`."""
+        raise NotImplementedError

@@ -78,15 +78,19 @@ class GroupLoraLinear(nn.Module):
         return self.scaling * self.lora_B[group] @ self.lora_A[group]
 
 
-def inject(model: nn.Module, target_modules, groups: int, r: int, alpha: float, dropout: float):
-    """Replace every Linear whose name ends in a target with a GroupLoraLinear.
+def inject(
+    model: nn.Module, target_modules, groups: int, r: int, alpha: float, dropout: float, router=None, layer_class=None
+):
+    """Replace every Linear whose name ends in a target with a GroupLoraLinear (or
+    `layer_class(base, router, groups, r, alpha, dropout)`, sharing `router`).
     Returns (router, {module name in the base model: layer})."""
-    router, layers = GroupRouter(), {}
+    router, layers = router or GroupRouter(), {}
+    layer_class = layer_class or GroupLoraLinear
     targets = tuple(target_modules)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
             parent_name, _, child = name.rpartition(".")
-            layer = GroupLoraLinear(module, router, groups, r, alpha, dropout)
+            layer = layer_class(module, router, groups, r, alpha, dropout)
             setattr(model.get_submodule(parent_name), child, layer)
             layers[name] = layer
     if not layers:
@@ -129,7 +133,13 @@ def export_group(
         if name in layers:
             a.append(layers[name].scaling * layers[name].lora_A[group].detach())
             b.append(layers[name].lora_B[group].detach())
-        factors[name] = (torch.cat(a).float(), torch.cat(b, dim=1).float())
+        factors[name] = (torch.cat(a), torch.cat(b, dim=1))
+    write_adapter(factors, directory, base_model)
+
+
+def write_adapter(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], directory: Path, base_model: str) -> None:
+    """{module name: (scaling * A, B)} as a standard PEFT LoRA directory (scaling 1)."""
+    factors = {name: (a.detach().float().cpu(), b.detach().float().cpu()) for name, (a, b) in factors.items()}
     rank = max(a.shape[0] for a, _ in factors.values())
     tensors = {}
     for name, (a, b) in factors.items():  # zero-padded to one rank (PEFT wants one r per adapter)

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from peft import PeftModel
 
-from research.config import ConfigError, DataConfig
+from research.config import FRACTION, ConfigError, DataConfig
 from research.data.schema import DataError, assign_splits, fingerprint, load_dataset, read_rows
 from research.datamodules.persona import default_context
 from research.datamodules.prompts import ProfileContext, fingerprint_of, history_line
@@ -50,6 +50,13 @@ class RetrievalConfig:
     train_with_context: bool = False  # fine-tune the unified LoRA on prompts with retrieved context
     # sentence-transformers name or path; empty: the bundled all-MiniLM-L6-v2
     embedder: str = field(default="", metadata={"embedder": True})
+    # share of personas held out of training (cold-start evaluation, Needs.held_out): their
+    # history is retrieved like anyone's, and unified_run must hold out the same personas
+    held_out: float = field(default=0.0, metadata=FRACTION)
+
+
+# settings that change what is trained on, not what a prompt says
+TRAINING_SETTINGS = ("unified_run", "train_with_context", "held_out")
 
 
 @dataclass(frozen=True)
@@ -174,11 +181,11 @@ class RetrievalContext:
     def fingerprint(self) -> str:
         if not self.args.k:  # the default prompts, token for token: share their cache
             return self.base.fingerprint()
-        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        settings = {k: v for k, v in asdict(self.args).items() if k not in TRAINING_SETTINGS}
         return fingerprint_of(type(self).__name__, self.base.fingerprint(), settings)
 
     def spec(self) -> dict:
-        settings = {k: v for k, v in asdict(self.args).items() if k not in ("unified_run", "train_with_context")}
+        settings = {k: v for k, v in asdict(self.args).items() if k not in TRAINING_SETTINGS}
         return {**self.base.spec(), "provider": "retrieval", "retrieval": settings}
 
 
@@ -188,7 +195,7 @@ class RetrievalModule(AdaptationModule):
 
     @classmethod
     def needs(cls, args: RetrievalConfig) -> Needs:
-        return Needs(context=lambda data: RetrievalContext(default_context(data), data, args))
+        return Needs(context=lambda data: RetrievalContext(default_context(data), data, args), held_out=args.held_out)
 
     def __init__(self, model, tokenizer, train, args: RetrievalConfig, provided) -> None:
         adapter = provided.source("unified_run").artifacts / "adapter"

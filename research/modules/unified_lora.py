@@ -10,7 +10,7 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model
 
 from research.config import FRACTION
-from research.modules.base import AdaptationModule
+from research.modules.base import AdaptationModule, Needs
 
 RANK = {"min": 1}  # a LoRA rank (PEFT refuses 0)
 
@@ -24,6 +24,9 @@ class UnifiedLoraConfig:
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "v_proj"), metadata={"nonempty": True, "base_layers": True}
     )
+    # share of personas held out of training, for cold-start evaluation (Needs.held_out); a
+    # method with an adapter per persona cannot train without some of them
+    held_out: float = field(default=0.0, metadata=FRACTION)
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(
@@ -38,6 +41,10 @@ class UnifiedLoraConfig:
 class UnifiedLoraModule(AdaptationModule):
     config_class = UnifiedLoraConfig
     adapter_kind = "lora"
+
+    @classmethod
+    def needs(cls, args: UnifiedLoraConfig) -> Needs:
+        return Needs(held_out=args.held_out)
 
     def __init__(self, model, tokenizer, train, args: UnifiedLoraConfig, provided=None) -> None:
         super().__init__(get_peft_model(model, args.peft_config()), tokenizer, train, args)

@@ -22,6 +22,7 @@ from peft import get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
+from research.modules.base import Needs
 from research.modules.soft_prompts import SoftPromptModule, per_row, sample_vocab_init
 from research.modules.unified_lora import UnifiedLoraConfig
 
@@ -36,6 +37,10 @@ class UserEmbeddingConfig(UnifiedLoraConfig):
 
 class UserEmbeddingModule(SoftPromptModule):
     config_class = UserEmbeddingConfig
+
+    @classmethod
+    def needs(cls, args: UserEmbeddingConfig) -> Needs:
+        return Needs(held_out=args.held_out)  # held-out personas get the mean vector
 
     def __init__(self, model, tokenizer, train, args: UserEmbeddingConfig, provided) -> None:
         hidden = model.get_input_embeddings().weight.shape[1]

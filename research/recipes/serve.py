@@ -3,8 +3,9 @@
 Every adapter the table names (and its fallback) is loaded once into one group
 engine, and requests of different personas are answered together in mixed-adapter
 batches: each row gets its adapter's LoRA, and its soft prompt where the adapter has
-one (kind "prompt+lora"). A persona the table does not route gets the fallback and a
-warning.
+one (kind "prompt+lora"). An adapter of kind "module" (a method's own layout) is rebuilt
+by its method on a base of its own and answers its personas in batches of their own. A
+persona the table does not route gets the fallback and a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from research.datamodules.persona import chat_ids, prompt_batches
 from research.datamodules.prompts import ProfileContext, context_from_spec, conversation
 from research.evaluation.metrics import extract
 from research.models.base import load_base
+from research.modules import METHODS
 from research.modules.base import greedy_generate, read_manifest
 from research.modules.group_lora import engine_shape, inject, load_group, read_adapter
 from research.modules.retrieval import ServedRetrieval, embed_queries
@@ -46,7 +48,7 @@ def current_context(now: datetime | None = None) -> dict:
     }
 
 
-ADAPTER_KINDS = ("lora", "lora+context", "prompt+lora")  # what serving can answer through (modules/base.py)
+ADAPTER_KINDS = ("lora", "lora+context", "prompt+lora", "module")  # what serving can answer through (modules/base.py)
 
 
 class RoutedModel:
@@ -90,11 +92,20 @@ class RoutedModel:
         ]
         self.contexts.append(ProfileContext())  # no adapter
         self.users = users or {}
+        self.device = torch.device(device)
         # each entry's LoRA slot and soft prompt (None: none). A prompt adapter's personas
-        # share the LoRA beside their prompts: one slot for it, not one per persona
-        lora_dirs, self.slot, self.prompts = {}, [], []
-        for (model, version, adapter), manifest in zip(keys, manifests, strict=True):
+        # share the LoRA beside their prompts: one slot for it, not one per persona. An
+        # entry of kind "module" has its own model instead (self.served)
+        lora_dirs, self.slot, self.prompts, self.served = {}, [], [], {}
+        for entry, ((model, version, adapter), manifest) in enumerate(zip(keys, manifests, strict=True)):
             directory = adapter_dir(tracking_uri, model, version)
+            if manifest["kind"] == "module":
+                tokenizer, base = load_base(base_model)
+                method = METHODS[manifest["method"]]
+                self.served[entry] = method.served(directory / adapter, base.to(self.device).eval(), tokenizer)
+                self.slot.append(None)
+                self.prompts.append(None)
+                continue
             prompted = manifest["kind"] == "prompt+lora"
             lora = directory / (manifest["lora"] if prompted else adapter)
             self.slot.append(lora_dirs.setdefault(lora, len(lora_dirs)))
@@ -102,16 +113,17 @@ class RoutedModel:
         self.slot.append(len(lora_dirs))  # no adapter: an empty slot
         self.prompts.append(None)
         adapters = [read_adapter(lora)[1] for lora in lora_dirs]
-        if not adapters:
+        if not adapters and not self.served:
             raise RoutingError(f"{routing_dir}/table.json routes nobody and has no fallback")
-        targets, rank = engine_shape(adapters)
-        # the last slot: no adapter at all, for unknown personas when there is no fallback
-        self.router, layers = inject(self.model, targets, len(adapters) + 1, rank, rank, 0.0)
-        for slot, factors in enumerate(adapters):
-            load_group(layers, slot, factors)
-        load_group(layers, len(adapters), {})
+        self.router = None  # none without a LoRA adapter: the base alone answers who has no route
+        if adapters:
+            targets, rank = engine_shape(adapters)
+            # the last slot: no adapter at all, for unknown personas when there is no fallback
+            self.router, layers = inject(self.model, targets, len(adapters) + 1, rank, rank, 0.0)
+            for slot, factors in enumerate(adapters):
+                load_group(layers, slot, factors)
+            load_group(layers, len(adapters), {})
         self.hidden = self.model.get_input_embeddings().weight.shape[1]
-        self.device = torch.device(device)
         self.model.to(self.device).eval()
         group = {key: g for g, key in enumerate(keys)}
         self.group_of = {p: group[(e["model"], e["version"], e["adapter"])] for p, e in table["routes"].items()}
@@ -155,16 +167,32 @@ class RoutedModel:
             for r, system in zip(requests, self.system_turns(requests), strict=True)
         ]
         replies = [""] * len(requests)
-        for index, batch in prompt_batches(prompts, self.tokenizer.pad_token_id, batch_size):
-            self.router.route(torch.tensor([self.slot[groups[i]] for i in index], device=self.device))
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            if any(self.prompts[groups[i]] is not None for i in index):
-                soft, soft_mask = left_padded([self.prompts[groups[i]] for i in index], self.hidden)
-                batch = prepend(self.model, batch, soft.to(self.device), soft_mask.to(self.device))
-            new_tokens = greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
-            for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                replies[i] = text.strip()
+        owners: dict[int | None, list[int]] = {}  # a "module" entry (None: the group engine) -> its rows
+        for i, g in enumerate(groups):
+            owners.setdefault(g if g in self.served else None, []).append(i)
+        for owner, rows in owners.items():
+            for index, batch in prompt_batches([prompts[i] for i in rows], self.tokenizer.pad_token_id, batch_size):
+                index = [rows[i] for i in index]
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                if owner is None:
+                    new_tokens = self._through_engine(batch, [groups[i] for i in index])
+                else:
+                    personas = [requests[i]["persona_id"] for i in index]
+                    new_tokens = self.served[owner].generate(batch, personas, self.max_new_tokens)
+                for i, text in zip(
+                    index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
+                ):
+                    replies[i] = text.strip()
         return replies
+
+    def _through_engine(self, batch: dict, groups: list[int]) -> torch.Tensor:
+        """New tokens for rows answered by the group engine, row i through entry groups[i]."""
+        if self.router is not None:
+            self.router.route(torch.tensor([self.slot[g] for g in groups], device=self.device))
+        if any(self.prompts[g] is not None for g in groups):
+            soft, soft_mask = left_padded([self.prompts[g] for g in groups], self.hidden)
+            batch = prepend(self.model, batch, soft.to(self.device), soft_mask.to(self.device))
+        return greedy_generate(self.model, self.tokenizer, batch, self.max_new_tokens)
 
 
 def memory_path(routing_dir: str | Path, model: str, version: str) -> Path:

@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from research.config import ConfigError, ExperimentConfig, TrainConfig, flatten, to_dict
 from research.data.schema import fingerprint, load_dataset
-from research.datamodules.persona import PersonaDataModule
+from research.datamodules.persona import PersonaDataModule, held_out_personas
 from research.evaluation.clustering import (
     behaviour_features,
     check_clustering,
@@ -39,6 +39,7 @@ from research.evaluation.clustering import (
     log_clustering,
 )
 from research.evaluation.generation import generate_split, score
+from research.evaluation.metrics import overall
 from research.models.base import base_fingerprint, load_base
 from research.models.devices import inference_device, trainer_devices
 from research.models.embedder import check_embedders
@@ -181,13 +182,24 @@ def describe(cfg: ExperimentConfig) -> str:
     return " ".join([cfg.method, *changed])
 
 
+def method_needs(cfg: ExperimentConfig) -> Needs:
+    """What `cfg.method` asks for; a config's `held_out` share must be one its needs declare
+    (a method with an adapter per persona cannot train without some of them)."""
+    needs = METHODS[cfg.method].needs(cfg.method_args)
+    if (asked := getattr(cfg.method_args, "held_out", 0.0)) != needs.held_out:
+        raise ConfigError(f"method_args.held_out={asked}: {cfg.method} cannot hold personas out of training")
+    return needs
+
+
 def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     """What a run was made on (its lineage: research.tracking.sources.LINEAGE); sources and
-    compared runs must match it."""
+    compared runs must match it. A persona-level split is part of the splits."""
+    held_out = method_needs(cfg).held_out
     return {
         "method": cfg.method,
         "dataset": fingerprint(cfg.data.dir),
-        "splits": f"val={cfg.data.val_fraction:.6g},test={cfg.data.test_fraction:.6g}",
+        "splits": f"val={cfg.data.val_fraction:.6g},test={cfg.data.test_fraction:.6g}"
+        + (f",held_out={held_out:.6g}" if held_out else ""),
         "prompt": f"user_name={cfg.data.user_name},oracle={cfg.data.oracle},max_length={cfg.data.max_length}",
         "base_model": cfg.base_model,
         "base_fingerprint": base_fingerprint(cfg.base_model),
@@ -205,20 +217,21 @@ def config_key(cfg: ExperimentConfig) -> str:
 def build_module(cfg: ExperimentConfig, model, tokenizer, datamodule: PersonaDataModule, sources=None):
     """(the method's module, what it was provided): its needs resolved (sources, when not
     given, from the tracking store), the module built, the datamodule told its groups."""
-    method = METHODS[cfg.method]
     if sources is None:
         sources = resolve_sources(cfg.method_args, run_tags(cfg), experiment_id(cfg.tracking))
-    provided = provide(method.needs(cfg.method_args), datamodule, sources)
-    module = method(model, tokenizer, cfg.train, cfg.method_args, provided)
-    datamodule.group_of = module.group_of
+    provided = provide(method_needs(cfg), datamodule, sources)
+    module = METHODS[cfg.method](model, tokenizer, cfg.train, cfg.method_args, provided)
+    datamodule.group_of, datamodule.held_out = module.group_of, provided.held_out
     return module, provided
 
 
 def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list[Source]]) -> Provided:
     """What the method asked for (the recipe logs the clustering)."""
+    held_out = held_out_personas(list(datamodule.persona_ids), needs.held_out)
     provided = Provided(
         persona_ids=list(datamodule.persona_ids),
-        trained_personas={example["persona_id"] for example in datamodule.examples["train"]},
+        trained_personas={example["persona_id"] for example in datamodule.examples["train"]} - held_out,
+        held_out=held_out,
         sources=sources,
         context=datamodule.context,
     )
@@ -228,13 +241,23 @@ def provide(needs: Needs, datamodule: PersonaDataModule, sources: dict[str, list
         provided.groups = {persona: persona for persona in provided.persona_ids}
     elif needs.groups == "cluster":
         provided.groups = provided.clustering.groups()
-    if needs.actions:
+    if needs.actions or needs.user_turns:
         _, dialogues = load_dataset(datamodule.cfg.dir)
-        train = {example["dialogue_id"] for example in datamodule.examples["train"]}
-        provided.actions = {
-            row["dialogue_id"]: [turn["actions"] for turn in row["turns"] if turn["role"] == "assistant"]
-            for row in dialogues.filter(pl.col("dialogue_id").is_in(train)).iter_rows(named=True)
-        }
+        train = {e["dialogue_id"] for e in datamodule.examples["train"] if e["persona_id"] not in held_out}
+        rows = list(dialogues.filter(pl.col("dialogue_id").is_in(train)).iter_rows(named=True))
+        if needs.actions:
+            provided.actions = {
+                row["dialogue_id"]: [turn["actions"] for turn in row["turns"] if turn["role"] == "assistant"]
+                for row in rows
+            }
+        if needs.user_turns:
+            provided.user_turns = {
+                row["dialogue_id"]: (
+                    row["persona_id"],
+                    [turn["text"] for turn in row["turns"] if turn["role"] == "user"],
+                )
+                for row in rows
+            }
     if needs.persona_features is not None:
         provided.persona_features = np.hstack(
             [description_features(datamodule, needs.persona_features), behaviour_features(datamodule)]
@@ -281,7 +304,7 @@ def prepare(cfg: ExperimentConfig, tags: dict[str, str] | None = None) -> Prepar
     sources = resolve_sources(cfg.method_args, tags, experiment_id(cfg.tracking))
     tags |= {f"source.{name}": ",".join(s.run_id for s in runs) for name, runs in sources.items()}
     check_layer_names(cfg.method_args, model)
-    needs = METHODS[cfg.method].needs(cfg.method_args)
+    needs = method_needs(cfg)
     context = needs.context(cfg.data) if needs.context else None
     datamodule = PersonaDataModule(
         cfg.data, tokenizer, cfg.train.batch_size, cfg.seed, context=context, augment=needs.augment
@@ -329,10 +352,14 @@ def train_and_evaluate(
         module, provided = build_module(cfg, ready.model, ready.tokenizer, datamodule, ready.sources)
         if provided.clustering is not None:
             log_clustering(provided.clustering, ready.needs.clustering)
+        if provided.held_out:
+            log_outputs(
+                {}, {"held_out_personas.json": {"share": ready.needs.held_out, "personas": sorted(provided.held_out)}}
+            )
         method_metrics, method_artifacts = module.outputs()
         log_outputs(method_metrics, method_artifacts)
         mlflow.log_metric("params/trainable", sum(p.numel() for p in module.parameters() if p.requires_grad))
-        train = datamodule.examples["train"]
+        train = [e for e in datamodule.examples["train"] if e["persona_id"] not in provided.held_out]
         augmented = sum(1 for example in train if example.get("augmented"))
         mlflow.log_metrics({"data/train_dialogues": len(train) - augmented, "data/augmented_dialogues": augmented})
         fit_started = time.perf_counter()
@@ -342,12 +369,17 @@ def train_and_evaluate(
         eval_started = time.perf_counter()
         metrics, personas, predictions = {}, [], []
         for split in cfg.eval.splits:
-            turns, per_persona, overall = score(
+            turns, per_persona, means = score(
                 generate_split(module, datamodule, split, cfg.eval, cfg.train.precision), cfg.eval.embedder
             )
-            metrics |= {f"{split}/{name}": value for name, value in overall.items()}
+            metrics |= {f"{split}/{name}": value for name, value in means.items()}
+            # a copy before insert_column below adds the split in place
+            held_out = per_persona.filter(pl.col("persona_id").is_in(sorted(provided.held_out)))
             personas.append(per_persona.insert_column(0, pl.lit(split).alias("split")))
             predictions.append(turns.insert_column(0, pl.lit(split).alias("split")))
+            if provided.held_out:  # the held-out personas apart: `research compare --split held_out/test`
+                metrics |= {f"held_out/{split}/{name}": value for name, value in overall(held_out).items()}
+                personas.append(held_out.insert_column(0, pl.lit(f"held_out/{split}").alias("split")))
         seconds = {
             "time/setup_s": fit_started - started,
             "time/fit_s": eval_started - fit_started,
@@ -404,12 +436,12 @@ def aggregate_seeds(cfg: ExperimentConfig, children: list[str]) -> RunResult:
             .agg(pl.exclude("split", "persona_id").mean())
             .sort("split", "persona_id")
         )
-        keys = [k for k in first.data.metrics if k.startswith(("val/", "test/"))]
+        keys = [k for k in first.data.metrics if k.startswith(("val/", "test/", "held_out/"))]
         metrics = {key: float(np.mean([run.data.metrics[key] for run in runs])) for key in keys}
         spread = {
             f"seeds_std/{key}": float(np.std([run.data.metrics[key] for run in runs], ddof=1))
             for key in keys
-            if key.startswith("test/") and len(runs) > 1
+            if key.startswith(("test/", "held_out/test/")) and len(runs) > 1
         }
         cost = {"params/trainable": first.data.metrics.get("params/trainable", float("nan"))}
         cost |= {key: sum(run.data.metrics.get(key, 0.0) for run in runs) for key in ("time/fit_s", "time/eval_s")}

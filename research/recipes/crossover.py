@@ -51,7 +51,7 @@ class Grid:
     seeds: int
 
 
-# coarse: within 90 minutes on 2 CPU cores with the shipped base; full: for GPUs
+# coarse: meant to fit 90 minutes on 2 CPU cores with the shipped base (not yet timed end to end); full: for GPUs
 GRIDS = {
     grid.name: grid
     for grid in (

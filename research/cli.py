@@ -287,19 +287,22 @@ def cmd_instrument(args) -> None:
     main_job(args.overrides, methods=("unified_lora",))
 
 
+def _methods(text: str | None) -> list[str] | None:
+    """A --methods value: comma-separated names, or None for the command's default."""
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
 def cmd_study(args) -> None:
     from research.recipes.study import run_study
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    page = run_study(args.overrides, methods, args.seeds, args.out)
+    page = run_study(args.overrides, _methods(args.methods), args.seeds, args.out)
     print(f"wrote {page} and {page.with_suffix('.md')}")
 
 
 def cmd_crossover(args) -> None:
     from research.recipes.crossover import grid_named, run_crossover
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    page = run_crossover(args.overrides, grid_named(args.grid, args.seeds), methods, args.out)
+    page = run_crossover(args.overrides, grid_named(args.grid, args.seeds), _methods(args.methods), args.out)
     print(f"wrote {page} and its heatmaps")
 
 

@@ -141,7 +141,7 @@ def _log_cell(client, run_id: str, runs: dict[str, str], figures: dict[str, dict
             client.log_metric(run_id, key, value)
     for name, run in runs.items():
         client.set_tag(run_id, f"run.{name}", run)
-    client.log_dict(run_id, {n: {k: v for k, v in f.items()} for n, f in figures.items()}, "figures.json")
+    client.log_dict(run_id, figures, "figures.json")
     client.set_terminated(run_id, "FINISHED")
 
 

@@ -57,8 +57,12 @@ def test_a_base_whose_files_differ_from_its_card_is_refused_before_anything_runs
 
 def test_pretraining_shows_names_settings_and_only_earlier_exchanges_of_the_same_speaker(data_root):
     personas, dialogues = load_dataset(data_root / "neutral")
-    everything = pretraining_conversations(personas, dialogues, BaseConfig(p_name=1, p_resolved=0, p_preferences=1, p_history=1))
-    nothing = pretraining_conversations(personas, dialogues, BaseConfig(p_name=0, p_resolved=0, p_preferences=0, p_history=0))
+    everything = pretraining_conversations(
+        personas, dialogues, BaseConfig(p_name=1, p_resolved=0, p_preferences=1, p_history=1)
+    )
+    nothing = pretraining_conversations(
+        personas, dialogues, BaseConfig(p_name=0, p_resolved=0, p_preferences=0, p_history=0)
+    )
     resolved = pretraining_conversations(personas, dialogues, BaseConfig(p_resolved=1, p_preferences=0))
     ordered = dialogues.sort("persona_id", "timestamp").iter_rows(named=True)
     names = dict(zip(personas["persona_id"], personas["name"], strict=True))

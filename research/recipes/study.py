@@ -48,6 +48,8 @@ class Entry:
 VARIANTS = {
     "retrieval": [Entry("retrieval trained with context", "retrieval", ("method_args.train_with_context=true",))],
     "augmented_lora": [Entry("augmented_lora hybrid", "augmented_lora", ("method_args.hybrid=true",))],
+    # the paper's public code leaves its projection heads untrained (dual_tower.py)
+    "dual_tower": [Entry("dual_tower frozen heads", "dual_tower", ("method_args.freeze_heads=true",))],
 }
 
 

@@ -545,7 +545,12 @@ def _analysis_commands(sub) -> None:
     compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     compare.add_argument("--against", help="baseline run (default: the latest finished unified_lora on the same data)")
     compare.add_argument("--metric", default="embedding_similarity")
-    compare.add_argument("--split", default="test", choices=["val", "test"])
+    compare.add_argument(
+        "--split",
+        default="test",
+        choices=["val", "test", "held_out/val", "held_out/test"],
+        help="held_out/...: the personas a run held out of training (method_args.held_out)",
+    )
     compare.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="tracking.uri=...")
     compare.set_defaults(func=cmd_compare)
 

@@ -109,3 +109,15 @@ def test_held_out_personas_are_served_through_their_generated_adapters_as_evalua
     trained = sorted(set(users) - set(held_out))[:1]
     requests, expected = evaluated_requests(cfg, result.run_id, [*held_out, *trained])
     assert all(expected) and model.answer(requests) == expected
+
+
+def test_compare_scores_the_held_out_personas_apart(hyper_run, capsys):
+    from research.cli import main
+    from research.recipes.analysis import compare_runs
+
+    cfg, result, _ = hyper_run
+    split = ["--split", "held_out/test", "--metric", "param_f1", "--against", result.run_id]
+    main(["compare", result.run_id, *split, "--overrides", f"tracking.uri={cfg.tracking.uri}"])
+    assert "held_out/test/param_f1" in capsys.readouterr().out
+    rows = compare_runs(cfg.tracking, [result.run_id], result.run_id, "param_f1", "held_out/test")
+    assert rows[0][1]["personas"] == 2  # the held-out ones only

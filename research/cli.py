@@ -584,7 +584,7 @@ def _analysis_commands(sub) -> None:
         help="every method at its defaults (and variants) over seeds, beside the instrument; then the report",
         description="Trains, or reuses when a finished run of the same config and lineage exists, every "
         "registered method at its default config and the study's variants (retrieval trained with context, "
-        "augmented hybrid, dual_tower with frozen heads), beside unified told the resolved settings and told the raw preferences, for each "
+        "augmented hybrid, dual_tower with frozen heads, hyper_lora's cold-start comparators), beside unified told the resolved settings and told the raw preferences, for each "
         "seed; methods built on others get the study's runs of the same seed. Interrupted, the same command "
         "resumes. Then the report over exactly these runs (seeds parents with per-persona means when --seeds > 1).",
     )

@@ -13,6 +13,7 @@ from conftest import evaluated_requests, overrides
 from peft import PeftModel
 
 from research.datamodules.persona import PersonaDataModule
+from research.evaluation.statistics import StatisticsError
 from research.models.base import base_fingerprint, load_base
 from research.modules.group_lora import write_adapter
 from research.recipes.experiment import load_config
@@ -74,9 +75,13 @@ class SeenPersonas(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def hyper_run(data_root, base_dir, tmp_path_factory):
-    experiment = overrides(data_root, base_dir, tmp_path_factory.mktemp("hyper_lora"))
-    cfg = load_config(None, [*experiment, *SMALL, "train.lr=3e-3"], "hyper_lora")
+def hyper_experiment(data_root, base_dir, tmp_path_factory):
+    return overrides(data_root, base_dir, tmp_path_factory.mktemp("hyper_lora"))
+
+
+@pytest.fixture(scope="module")
+def hyper_run(hyper_experiment):
+    cfg = load_config(None, [*hyper_experiment, *SMALL, "train.lr=3e-3"], "hyper_lora")
     seen = SeenPersonas()
     return cfg, train_and_evaluate(cfg, callbacks=[seen]), seen.seen
 
@@ -111,13 +116,25 @@ def test_held_out_personas_are_served_through_their_generated_adapters_as_evalua
     assert all(expected) and model.answer(requests) == expected
 
 
-def test_compare_scores_the_held_out_personas_apart(hyper_run, capsys):
+def test_held_out_personas_are_compared_apart_against_unified_with_the_same_share(
+    hyper_run, hyper_experiment, tmp_path, capsys
+):
     from research.cli import main
     from research.recipes.analysis import compare_runs
+    from research.recipes.report import build_report
 
-    cfg, result, _ = hyper_run
-    split = ["--split", "held_out/test", "--metric", "param_f1", "--against", result.run_id]
-    main(["compare", result.run_id, *split, "--overrides", f"tracking.uri={cfg.tracking.uri}"])
+    cfg, hyper, _ = hyper_run
+    plain = train_and_evaluate(load_config(None, hyper_experiment, "unified_lora")).run_id
+    held = train_and_evaluate(load_config(None, [*hyper_experiment, SMALL[0]], "unified_lora")).run_id
+    split = ["--split", "held_out/test", "--metric", "param_f1", "--against", held]
+    main(["compare", hyper.run_id, *split, "--overrides", f"tracking.uri={cfg.tracking.uri}"])
     assert "held_out/test/param_f1" in capsys.readouterr().out
-    rows = compare_runs(cfg.tracking, [result.run_id], result.run_id, "param_f1", "held_out/test")
+    rows = compare_runs(cfg.tracking, [hyper.run_id], held, "param_f1", "held_out/test")
     assert rows[0][1]["personas"] == 2  # the held-out ones only
+    with pytest.raises(StatisticsError, match="differ in splits"):  # not against the plain unified
+        compare_runs(cfg.tracking, [hyper.run_id], plain, "param_f1", "held_out/test")
+
+    text = build_report(cfg.tracking, [plain, held, hyper.run_id], "param_f1", tmp_path).with_suffix(".md")
+    main_table, new_personas = text.read_text().split("## New personas: 2 held out of training")
+    assert f"({hyper.run_id[:8]})" not in main_table and f"({hyper.run_id[:8]})" in new_personas
+    assert f"({held[:8]})" in new_personas and f"({plain[:8]})" in main_table

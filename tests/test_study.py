@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from research.config import ConfigError
-from research.recipes.study import run_study, study_entries
+from research.recipes.study import _with_sources, run_study, study_entries
 
 
 def test_entries_put_the_instrument_and_every_source_before_the_methods_built_on_it():
@@ -22,6 +22,18 @@ def test_entries_put_the_instrument_and_every_source_before_the_methods_built_on
     ]
     with pytest.raises(ConfigError, match="'magic' is not registered"):
         study_entries(["magic"])
+
+
+def test_hyper_lora_brings_its_cold_start_comparators_on_the_same_held_out_personas():
+    entries = {entry.name: entry for entry in study_entries(["hyper_lora"])}
+    names = list(entries)
+    assert names.index("unified_lora held out") < names.index("retrieval held out")
+    share = "method_args.held_out=0.2"
+    assert all(share in entries[f"{m} held out"].overrides for m in ("unified_lora", "retrieval", "user_embedding"))
+    done = {("unified_lora", 0): "plain", ("unified_lora held out", 0): "held"}
+    assert "method_args.unified_run=held" in _with_sources(entries["retrieval held out"], done, 0)
+    with pytest.raises(ConfigError, match="builds on 'unified_lora held out'"):
+        _with_sources(entries["retrieval held out"], {("unified_lora", 0): "plain"}, 0)
 
 
 def test_a_study_trains_each_entry_once_per_seed_and_a_second_call_reuses_them(experiment, tmp_path):

@@ -27,7 +27,7 @@ import polars as pl
 from research.config import ConfigError, TrackingConfig
 from research.evaluation.metrics import METRICS, METRICS_VERSION
 from research.evaluation.statistics import compare, headroom_captured, holm, verdict
-from research.recipes.analysis import check_comparable, per_persona_table
+from research.recipes.analysis import check_comparable, per_persona_table, true_preferences_anchor
 from research.recipes.run import INSTRUMENT_ROWS
 from research.recipes.tables import SHORT
 from research.tracking.runs import experiment_id, find_run, iter_runs
@@ -58,10 +58,16 @@ def _preferred(runs: list) -> list:
     return sorted(runs, key=lambda run: ("aggregate" not in run.data.tags, -run.info.start_time))
 
 
-def row(run, name: str | None = None) -> Row:
-    """A run's test-split row, named `name` or after its method."""
-    table = per_persona_table(run.info.run_id).filter(pl.col("split") == "test").drop("split")
+def row(run, name: str | None = None, split: str = "test") -> Row:
+    """A run's row of `split`, named `name` or after its method."""
+    table = per_persona_table(run.info.run_id).filter(pl.col("split") == split).drop("split")
     return Row(name or run.data.tags["method"], run, table)
+
+
+def holds_out(run) -> bool:
+    """Whether the run held personas out of training (method_args.held_out): its lineage differs
+    from the study's, and its held-out personas are compared apart (held_out_section)."""
+    return "held_out=" in run.data.tags.get("splits", "")
 
 
 def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[Row], list[Row]]:
@@ -125,24 +131,51 @@ def _mean(row: Row, metric: str) -> float:
     return float(row.per_persona[metric].mean())
 
 
+HEADER = ["run", *(SHORT[m] for m in COLUMNS), "improved", "p (Holm)", "95% CI", "min / max", "headroom"]
+HEADER += ["trainable", "fit s", "eval s", "verdict"]
+
+
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join([*cells, *[""] * (len(HEADER) - len(cells))]) + " |"
+
+
+def _scores(row: Row, unified: Row, delta: bool) -> list[str]:
+    means = [(_mean(row, m), _mean(unified, m)) for m in COLUMNS]
+    return [f"{v:.3f} ({v - u:+.3f})" if delta else f"{v:.3f}" for v, u in means]
+
+
+def _cost(run) -> list[str]:
+    metrics = run.data.metrics
+    return [f"{metrics.get('params/trainable', float('nan')):,.0f}"] + [
+        f"{metrics.get(f'time/{k}_s', float('nan')):.0f}" for k in ("fit", "eval")
+    ]
+
+
+def method_lines(unified: Row, others: list[Row], metric: str, true_anchor: float | None) -> list[str]:
+    """The table's unified row, then each method's against it (statistics on `metric`)."""
+    named = f"{unified.name} ({unified.run.info.run_id[:8]})"
+    lines = [_line([named, *_scores(unified, unified, False), "", "", "", "", "", *_cost(unified.run)])]
+    for other, result in zip(others, statistics(unified, others, metric), strict=True):
+        share = headroom_captured(result, true_anchor)
+        lines.append(
+            _line(
+                [
+                    f"{other.name} ({other.run.info.run_id[:8]})",
+                    *_scores(other, unified, True),
+                    f"{result['improved_share']:.0%}",
+                    f"{result['p_holm']:.2g}",
+                    f"[{result['ci95_low']:+.3f}, {result['ci95_high']:+.3f}]",
+                    f"{result['min_persona']:.3f} / {float(other.per_persona[metric].max()):.3f}",
+                    "-" if share is None else f"{share:.0%}",
+                    *_cost(other.run),
+                    "clears the bar" if not result["missed"] else "misses: " + "; ".join(result["missed"]),
+                ]
+            )
+        )
+    return lines
+
+
 def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | None, metric: str) -> str:
-    results = statistics(unified, others, metric)
-    header = ["run", *(SHORT[m] for m in COLUMNS), "improved", "p (Holm)", "95% CI", "min / max", "headroom"]
-    header += ["trainable", "fit s", "eval s", "verdict"]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join([*cells, *[""] * (len(header) - len(cells))]) + " |"
-
-    def scores(row: Row, delta: bool) -> list[str]:
-        means = [(_mean(row, m), _mean(unified, m)) for m in COLUMNS]
-        return [f"{v:.3f} ({v - u:+.3f})" if delta else f"{v:.3f}" for v, u in means]
-
-    def cost(run) -> list[str]:
-        metrics = run.data.metrics
-        return [f"{metrics.get('params/trainable', float('nan')):,.0f}"] + [
-            f"{metrics.get(f'time/{k}_s', float('nan')):.0f}" for k in ("fit", "eval")
-        ]
-
     runs = [unified.run, *(r.run for r in others), *(r.run for r in told)]
     newest = time.strftime("%Y-%m-%d", time.gmtime(max(r.info.start_time for r in runs) / 1000))
     tags = unified.run.data.tags
@@ -159,36 +192,17 @@ def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | 
         "true-preferences anchor it closes (headroom). The study's bar: >60% improved, mean >= +0.03, min "
         "persona > 0.70, p < 0.05.",
         "",
-        line(header),
-        "|" + "---|" * len(header),
+        _line(HEADER),
+        "|" + "---|" * len(HEADER),
     ]
     for name in ("true_preferences", "population_average") if headroom else ():
         lines.append(
-            line([f"simulator anchor: {name.replace('_', ' ')}", *(f"{headroom[name][m]:.3f}" for m in COLUMNS)])
+            _line([f"simulator anchor: {name.replace('_', ' ')}", *(f"{headroom[name][m]:.3f}" for m in COLUMNS)])
         )
     for row in told:
         named = f"**instrument**: {row.name} ({row.run.info.run_id[:8]})"
-        lines.append(line([named, *scores(row, True), "", "", "", "", "", *cost(row.run)]))
-    named = f"{unified.name} ({unified.run.info.run_id[:8]})"
-    lines.append(line([named, *scores(unified, False), "", "", "", "", "", *cost(unified.run)]))
-    true_anchor = headroom["true_preferences"][metric] if headroom else None
-    for other, result in zip(others, results, strict=True):
-        share = headroom_captured(result, true_anchor)
-        lines.append(
-            line(
-                [
-                    f"{other.name} ({other.run.info.run_id[:8]})",
-                    *scores(other, True),
-                    f"{result['improved_share']:.0%}",
-                    f"{result['p_holm']:.2g}",
-                    f"[{result['ci95_low']:+.3f}, {result['ci95_high']:+.3f}]",
-                    f"{result['min_persona']:.3f} / {float(other.per_persona[metric].max()):.3f}",
-                    "-" if share is None else f"{share:.0%}",
-                    *cost(other.run),
-                    "clears the bar" if not result["missed"] else "misses: " + "; ".join(result["missed"]),
-                ]
-            )
-        )
+        lines.append(_line([named, *_scores(row, unified, True), "", "", "", "", "", *_cost(row.run)]))
+    lines += method_lines(unified, others, metric, headroom["true_preferences"][metric] if headroom else None)
     if told and headroom:
         gaps = ", ".join(f"{row.name} {headroom['true_preferences'][metric] - _mean(row, metric):.3f}" for row in told)
         lines += [
@@ -198,6 +212,33 @@ def markdown(unified: Row, others: list[Row], told: list[Row], headroom: dict | 
             "arithmetic. A method's gain is bounded by what this base model can do with what it is given.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def held_out_section(client, experiment: str, run_ids: list[str], metric: str) -> str:
+    """The runs that held personas out of training, on those personas' test dialogues, against
+    the unified_lora run among them (same held-out share, so the same personas)."""
+    if not run_ids:
+        return ""
+    runs = [find_run(client, experiment, run_id) for run_id in run_ids]
+    unified = next((r for r in runs if r.data.tags.get("method") == "unified_lora"), None)
+    if unified is None:
+        raise ConfigError("runs that hold personas out need a unified_lora run with the same held_out beside them")
+    split = "held_out/test"
+    others = [row(r, r.info.run_name, split) for r in runs if r is not unified]
+    for other in others:
+        check_comparable(other.run, unified)
+    base = row(unified, unified.info.run_name, split)
+    lines = [
+        "",
+        f"## New personas: {len(base.per_persona)} held out of training",
+        "",
+        f"Runs that never trained on these personas (splits {unified.data.tags['splits']}), scored on their test "
+        f"dialogues ({split}), against {base.name}; columns as above.",
+        "",
+        _line(HEADER),
+        "|" + "---|" * len(HEADER),
+    ]
+    return "\n".join(lines + method_lines(base, others, metric, true_preferences_anchor(unified, metric, split))) + "\n"
 
 
 def plots(unified: Row, others: list[Row], told: list[Row], metric: str) -> dict[str, bytes]:
@@ -268,8 +309,10 @@ def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out:
         raise ConfigError(f"--metric: {metric!r} is not a metric (allowed: {', '.join(METRICS)})")
     experiment = experiment_id(tracking)
     client = mlflow.tracking.MlflowClient()
-    unified, others, told = select_runs(client, experiment, run_ids)
+    held_out = [run_id for run_id in run_ids if holds_out(find_run(client, experiment, run_id))]
+    unified, others, told = select_runs(client, experiment, [r for r in run_ids if r not in held_out])
     text = markdown(unified, others, told, anchors(unified.run), metric)
+    text += held_out_section(client, experiment, held_out, metric)
     images = plots(unified, others, told, metric)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text)

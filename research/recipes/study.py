@@ -26,6 +26,7 @@ import mlflow
 from research.config import ConfigError
 from research.modules import METHODS
 from research.modules.base import source_fields
+from research.modules.hyper_lora import HyperLoraConfig
 from research.recipes.experiment import load_config
 from research.recipes.report import build_report
 from research.recipes.run import INSTRUMENT_ROWS, ensure_data_and_base
@@ -42,6 +43,20 @@ class Entry:
     method: str
     overrides: tuple[str, ...] = ()
     instrument: str | None = None  # the MLflow tag value of an instrument row
+    # source field -> the study entry whose run it takes (default: the entry named after its method)
+    sources: tuple[tuple[str, str], ...] = ()
+
+
+def cold_start(share: float) -> list[Entry]:
+    """hyper_lora's comparators on the personas it holds out (`share`, the same ones): the
+    generic adapter, the persona's history in the prompt (over that unified run), the mean
+    user vector. The report compares them apart (report.held_out_section)."""
+    held = (f"method_args.held_out={share:g}",)
+    return [
+        Entry("unified_lora held out", "unified_lora", held),
+        Entry("retrieval held out", "retrieval", held, sources=(("unified_run", "unified_lora held out"),)),
+        Entry("user_embedding held out", "user_embedding", held),
+    ]
 
 
 # Beside each method's defaults: the settings the earlier tables found to matter
@@ -50,6 +65,7 @@ VARIANTS = {
     "augmented_lora": [Entry("augmented_lora hybrid", "augmented_lora", ("method_args.hybrid=true",))],
     # the paper's public code leaves its projection heads untrained (dual_tower.py)
     "dual_tower": [Entry("dual_tower frozen heads", "dual_tower", ("method_args.freeze_heads=true",))],
+    "hyper_lora": cold_start(HyperLoraConfig().held_out),
 }
 
 
@@ -118,7 +134,10 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
             ]
             overrides.append(f"method_args.{field}={','.join(runs)}")
         else:
-            overrides.append(f"method_args.{field}={done[method, seed]}")
+            source = dict(entry.sources).get(field, method)
+            if (source, seed) not in done:
+                raise ConfigError(f"{entry.name!r} builds on {source!r}: name both in --methods")
+            overrides.append(f"method_args.{field}={done[source, seed]}")
     return overrides
 
 

@@ -1,16 +1,18 @@
 """Serving throughput: `research predict` over a file of requests, side by side in one run.
 
 A file of 1,000 requests (20 each for 50 personas, from their val and test dialogues) is
-answered through two routing tables on one store:
+answered through three routing tables on one store:
 - mixed: a quarter of the personas each routed to a per-persona LoRA (`lora`), a
   retrieval adapter (`lora+context`: its prompts retrieve from the persona's history, every
-  query of the file embedded in one call) and a learned prompt (`prompt+lora`), the last
-  quarter to the unified fallback;
+  query of the file embedded in one call; retrieval's default verbatim exchanges) and a
+  learned prompt (`prompt+lora`), the last quarter to the unified fallback;
+- mixed, settings: the same, its retrieval adapter writing the compact `format=settings`
+  (retrieval's fast option: shorter prompts);
 - unified: every persona to the unified adapter.
 Each side reads the file, answers it in mixed batches and writes the predictions, as
-`research predict` does once its model is loaded; requests/s per side and
-`predict_mixed_vs_unified` (mixed time / unified time; target <= 1.5), each side's best of 3,
-the side that goes first alternating. The adapters are trained for a few hundred steps
+`research predict` does once its model is loaded; requests/s per side,
+`predict_mixed_vs_unified` (mixed time / unified time; target <= 1.5) and
+`predict_mixed_settings_vs_unified`, each side's best of 3, the sides' order reversed each time. The adapters are trained for a few hundred steps
 (not to convergence: their replies are of a trained adapter's length), registered and
 promoted in a throw-away MLflow store.
 
@@ -105,6 +107,8 @@ def main() -> None:
         started = time.perf_counter()
         unified_run = trained_run(overrides, "unified_lora", steps, None, tmp / "unified_lora")
         runs = {m: trained_run(overrides, m, steps, tmp / "unified_lora", tmp / m) for m in ROUTED}
+        settings = [*overrides, "method_args.format=settings"]
+        settings_run = trained_run(settings, "retrieval", steps, tmp / "unified_lora", tmp / "retrieval-settings")
         print(f"adapters trained for {steps} steps and logged in {time.perf_counter() - started:.0f} s")
 
         requests = tmp / "requests.jsonl"
@@ -112,15 +116,17 @@ def main() -> None:
         ids = sorted({row["persona_id"] for row in read_requests(requests)})
         fingerprint = base_fingerprint(cfg.base_model)
         unified_version = register(cfg.tracking.uri, unified_run).version
-        tables = {"unified": tmp / "routing-unified", "mixed": tmp / "routing-mixed"}
+        tables = {side: tmp / f"routing-{side}" for side in ("unified", "mixed", "mixed_settings")}
         for table in tables.values():
             promote(cfg.tracking.uri, table, "unified_lora", unified_version, "all", fingerprint)
         quarter = len(ids) // 4 or 1
+        versions = {method: register(cfg.tracking.uri, runs[method]).version for method in ROUTED}
         for k, method in enumerate(ROUTED):
-            version = register(cfg.tracking.uri, runs[method]).version
-            promote(
-                cfg.tracking.uri, tables["mixed"], method, version, ids[k * quarter : (k + 1) * quarter], fingerprint
-            )
+            personas = ids[k * quarter : (k + 1) * quarter]
+            promote(cfg.tracking.uri, tables["mixed"], method, versions[method], personas, fingerprint)
+            # the same routes, retrieval's through its settings-format run (another version)
+            version = register(cfg.tracking.uri, settings_run).version if method == "retrieval" else versions[method]
+            promote(cfg.tracking.uri, tables["mixed_settings"], method, version, personas, fingerprint)
 
         users, device = known_users(cfg.data.dir), inference_device(cfg.train)
         loaded, models = {}, {}
@@ -140,15 +146,19 @@ def main() -> None:
     results = {
         "predict_requests_per_s_unified": n / best["unified"],
         "predict_requests_per_s_mixed": n / best["mixed"],
+        "predict_requests_per_s_mixed_settings": n / best["mixed_settings"],
         "predict_mixed_vs_unified": best["mixed"] / best["unified"],
+        "predict_mixed_settings_vs_unified": best["mixed_settings"] / best["unified"],
         "predict_load_s_mixed": loaded["mixed"],
         "predict_load_s_unified": loaded["unified"],
     }
     print(f"research predict, {n} requests across {len(ids)} personas, batch {cfg.eval.batch_size}, on {device}:")
-    print(f"  unified only                    {results['predict_requests_per_s_unified']:7.1f} requests/s")
-    print(f"  mixed (lora, lora+context,      {results['predict_requests_per_s_mixed']:7.1f} requests/s")
+    print(f"  unified only                       {results['predict_requests_per_s_unified']:7.1f} requests/s")
+    print(f"  mixed (lora, lora+context,         {results['predict_requests_per_s_mixed']:7.1f} requests/s")
     print("         prompt+lora, unified)")
+    print(f"  mixed, retrieval format=settings   {results['predict_requests_per_s_mixed_settings']:7.1f} requests/s")
     print(f"  predict_mixed_vs_unified = {results['predict_mixed_vs_unified']:.3f} (target <= 1.5)")
+    print(f"  predict_mixed_settings_vs_unified = {results['predict_mixed_settings_vs_unified']:.3f}")
     print(f"  loading the routing table's adapters: mixed {loaded['mixed']:.1f} s, unified {loaded['unified']:.1f} s")
     record(results, args.results)
 

@@ -167,14 +167,17 @@ class RoutedModel:
             for r, system in zip(requests, self.system_turns(requests), strict=True)
         ]
         replies = [""] * len(requests)
-        owners: dict[int | None, list[int]] = {}  # a "module" entry (None: the group engine) -> its rows
+        # who answers: a "module" entry's own model, or the group engine; the engine's rows with a
+        # soft prompt are batched apart, so the others do not carry its width
+        owners: dict[tuple[str, int | bool], list[int]] = {}
         for i, g in enumerate(groups):
-            owners.setdefault(g if g in self.served else None, []).append(i)
-        for owner, rows in owners.items():
+            owner = ("module", g) if g in self.served else ("engine", self.prompts[g] is not None)
+            owners.setdefault(owner, []).append(i)
+        for (kind, owner), rows in owners.items():
             for index, batch in prompt_batches([prompts[i] for i in rows], self.tokenizer.pad_token_id, batch_size):
                 index = [rows[i] for i in index]
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                if owner is None:
+                if kind == "engine":
                     new_tokens = self._through_engine(batch, [groups[i] for i in index])
                 else:
                     personas = [requests[i]["persona_id"] for i in index]

@@ -9,7 +9,12 @@ import os
 import warnings
 
 # Lightning's info lines that say nothing about this run (the GPU line, which does, stays)
-LIGHTNING_NOISE = ("💡 Tip:", "TPU available:", "was configured so 100% of the batches")
+LIGHTNING_NOISE = (
+    "💡 Tip:",
+    "TPU available:",
+    "was configured so 100% of the batches",
+    "to estimate number of stepping batches",
+)
 DEPRECATIONS = ("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 

@@ -30,7 +30,12 @@ FIGURES = {
     },
     "sweep_overhead.py": {"sweep_first_trial_overhead_fraction", "sweep_trial_overhead_fraction"},
     "mfu.py": {"peak_gflops_bf16", "unified_lora_mfu", "per_persona_lora_mfu", "profile_matmul_share"},
-    "serving.py": {"predict_requests_per_s_unified", "predict_mixed_vs_unified", "predict_mixed_settings_vs_unified"},
+    "serving.py": {
+        "predict_requests_per_s_unified",
+        "predict_requests_per_s_mixed",
+        "predict_mixed_vs_unified",
+        "predict_mixed_settings_vs_unified",
+    },
     "cold_start.py": {
         "new_persona_hyper_lora_adapter_s",
         "new_persona_lora_fit_s",

@@ -120,6 +120,7 @@ def test_held_out_personas_are_compared_apart_against_unified_with_the_same_shar
     hyper_run, hyper_experiment, tmp_path, capsys
 ):
     from research.cli import main
+    from research.config import ConfigError
     from research.recipes.analysis import compare_runs
     from research.recipes.report import build_report
 
@@ -138,3 +139,8 @@ def test_held_out_personas_are_compared_apart_against_unified_with_the_same_shar
     main_table, new_personas = text.read_text().split("## New personas: 2 held out of training")
     assert f"({hyper.run_id[:8]})" not in main_table and f"({hyper.run_id[:8]})" in new_personas
     assert f"({held[:8]})" in new_personas and f"({plain[:8]})" in main_table
+    # unnamed (`make report`): the newest unified that holds nobody out, not the newer held-out one
+    text = build_report(cfg.tracking, [], "param_f1", tmp_path / "latest").with_suffix(".md").read_text()
+    assert f"unified_lora ({plain[:8]})" in text and held[:8] not in text
+    with pytest.raises(ConfigError, match="every run named holds personas out"):
+        build_report(cfg.tracking, [held, hyper.run_id], "param_f1", tmp_path / "none")

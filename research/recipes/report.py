@@ -7,7 +7,9 @@ base), its latest seeds parent (`research train --seeds N`: per-persona means ac
 if it has one, else its latest finished run; never a sweep trial unless named; or the runs
 named. The instrument rows are the latest run tagged `instrument=told_resolved` and the latest
 tagged `instrument=told_preferences` on the same data, splits and base (their prompts differ
-by design). Written as Markdown and a
+by design). Named runs that hold personas out of training (method_args.held_out) are compared
+apart, on those personas, against the named unified_lora run with the same share ("New
+personas"). Written as Markdown and a
 self-contained HTML page under `reports/`, with plots, and logged as a `report` run.
 """
 
@@ -41,7 +43,7 @@ COLUMNS = ("embedding_similarity", "device_precision", "device_recall", "numeric
 class Row:
     name: str
     run: object
-    per_persona: pl.DataFrame  # test split: persona_id, every metric
+    per_persona: pl.DataFrame  # one split (test, or held_out/test): persona_id, every metric
 
 
 def _latest(client, experiment: str, filter_string: str, keep=lambda run: True):
@@ -74,7 +76,9 @@ def select_runs(client, experiment: str, run_ids: list[str]) -> tuple[Row, list[
     """(unified, the other methods, the instrument's rows) as described in the module docstring."""
     finished = "attributes.status = 'FINISHED'"
     told = []
-    unified_runs = _latest(client, experiment, f"{finished} and tags.method = 'unified_lora'", _own_run)
+    unified_runs = _latest(
+        client, experiment, f"{finished} and tags.method = 'unified_lora'", lambda r: _own_run(r) and not holds_out(r)
+    )
     candidates = _preferred(unified_runs)
     if run_ids:  # named: rows are named after their runs; instrument runs are the instrument rows
         named = [find_run(client, experiment, run_id) for run_id in run_ids]
@@ -310,6 +314,8 @@ def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out:
     experiment = experiment_id(tracking)
     client = mlflow.tracking.MlflowClient()
     held_out = [run_id for run_id in run_ids if holds_out(find_run(client, experiment, run_id))]
+    if run_ids and len(held_out) == len(run_ids):
+        raise ConfigError("every run named holds personas out: name a unified_lora run that holds none out too")
     unified, others, told = select_runs(client, experiment, [r for r in run_ids if r not in held_out])
     text = markdown(unified, others, told, anchors(unified.run), metric)
     text += held_out_section(client, experiment, held_out, metric)
@@ -322,5 +328,7 @@ def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out:
     runs = [unified, *others, *told]
     with mlflow.start_run(experiment_id=experiment, run_name=f"report {metric}", tags={"report": "true"}):
         mlflow.set_tags({f"report.{row.name}": row.run.info.run_id for row in runs})
+        if held_out:  # the rows of the "New personas" table
+            mlflow.set_tag("report.held_out", ",".join(held_out))
         mlflow.log_artifacts(str(out), "report")
     return out / "report.html"

@@ -64,10 +64,10 @@ def print_parameter_recall(results, split: str = "test", headroom: dict | None =
     average = (headroom or {}).get("population_average", {})
     table = Table(title=f"{split}: share of each parameter's reference settings got right (pooled over turns)")
     table.add_column("parameter", no_wrap=True)
-    for result in results:
-        table.add_column(result.name, justify="right")
+    for result in results:  # in a narrow log a long run name folds onto lines, never cut to "unified_…"
+        table.add_column(result.name, justify="right", overflow="fold")
     if average:
-        table.add_column("[dim]simulator: population_average[/dim]", justify="right")
+        table.add_column("[dim]simulator: population_average[/dim]", justify="right", overflow="fold")
     for parameter in parameters:
         cells = [f"{r.metrics[prefix + parameter]:.0%}" if prefix + parameter in r.metrics else "-" for r in results]
         if average:

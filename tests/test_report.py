@@ -52,3 +52,13 @@ def test_report_prefers_a_methods_seeds_parent(source_runs, tmp_path):
     build_report(cfg.tracking, [], "param_f1", tmp_path)
     rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| per_persona_lora")]
     assert len(rows) == 1 and f"({parent.run_id[:8]})" in rows[0]  # per-persona means across the 2 seeds
+
+
+def test_a_run_named_after_its_overrides_gives_a_valid_tag_key():
+    from mlflow.utils.validation import _validate_tag_name
+
+    from research.recipes.report import tag_key
+
+    key = tag_key("report.unified_lora train.lr=1e-3 method_args.target_modules=[q_proj]")
+    _validate_tag_name(key)  # raises on a character MLflow refuses
+    assert key == "report.unified_lora train.lr_1e-3 method_args.target_modules__q_proj_"

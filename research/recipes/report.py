@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,12 @@ def html(text: str, images: dict[str, bytes]) -> str:
     return f"<!doctype html><html>{head}<body>{body}{pictures}</body></html>"
 
 
+def tag_key(text: str) -> str:
+    """`text` as an MLflow tag key: a run named after its overrides ("unified_lora train.lr=1e-3")
+    has characters a key may not hold."""
+    return re.sub(r"[^\w\-. :/]", "_", text)
+
+
 def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out: Path) -> Path:
     """Write OUT/report.md, OUT/report.html and the plots; log them as a `report` run."""
     if metric not in METRICS:
@@ -327,7 +334,7 @@ def build_report(tracking: TrackingConfig, run_ids: list[str], metric: str, out:
         (out / name).write_bytes(data)
     runs = [unified, *others, *told]
     with mlflow.start_run(experiment_id=experiment, run_name=f"report {metric}", tags={"report": "true"}):
-        mlflow.set_tags({f"report.{row.name}": row.run.info.run_id for row in runs})
+        mlflow.set_tags({tag_key(f"report.{row.name}"): row.run.info.run_id for row in runs})
         if held_out:  # the rows of the "New personas" table
             mlflow.set_tag("report.held_out", ",".join(held_out))
         mlflow.log_artifacts(str(out), "report")

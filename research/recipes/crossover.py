@@ -60,7 +60,8 @@ GRIDS = {
     )
 }
 # unified first (the baseline); per-persona, hybrid and augmented LoRA; retrieval (no
-# per-persona training: the cold-start method of the study's table); the learned prompt
+# per-persona training: the cold-start method whose comparison needs no held-out personas;
+# hyper_lora's does, and a cell's 16 personas would hold out 3); the learned prompt
 DEFAULT_METHODS = ("unified_lora", "per_persona_lora", "hybrid_lora", "augmented_lora", "retrieval", "prompt_persona")
 
 

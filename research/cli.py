@@ -608,7 +608,7 @@ def _analysis_commands(sub) -> None:
         "default dataset's, 2 double). In each cell every method trains once per seed (finished runs of the same "
         "config are reused, so an interrupted map resumes) and is compared with unified on per-persona param F1: "
         "the study's bar and the share of the cell's oracle headroom captured. MLflow: a parent run, a child per "
-        "cell. Writes OUT/crossover.md and heatmaps. coarse: 3 x 3 cells of 16 personas (meant for 90 min on 2 CPU "
+        "cell. Writes OUT/crossover.md and heatmaps. coarse: 5 x 3 cells of 16 personas (meant for 90 min on 2 CPU "
         "cores); full: 5 x 5 cells of 200 personas, 3 seeds (for GPUs).",
     )
     crossover.add_argument("--grid", default="coarse", help="coarse (default) or full")

@@ -56,7 +56,7 @@ class Grid:
 GRIDS = {
     grid.name: grid
     for grid in (
-        Grid("coarse", train_dialogues=(5, 20, 100), signals=(0.0, 1.0, 2.0), personas=16, seeds=1),
+        Grid("coarse", train_dialogues=(5, 10, 20, 50, 100), signals=(0.0, 1.0, 2.0), personas=16, seeds=1),
         Grid("full", train_dialogues=(5, 10, 20, 50, 100), signals=(0.0, 0.5, 1.0, 1.5, 2.0), personas=200, seeds=3),
     )
 }

@@ -4,7 +4,9 @@ import mlflow
 import pytest
 
 from research.config import ConfigError
+from research.recipes.experiment import load_config
 from research.recipes.study import _with_sources, run_study, study_entries
+from research.recipes.train import train_and_evaluate
 
 
 def test_entries_put_the_instrument_and_every_source_before_the_methods_built_on_it():
@@ -56,3 +58,8 @@ def test_a_study_trains_each_entry_once_per_seed_and_a_second_call_reuses_them(e
 
     run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "again")
     assert len([r for r in runs() if "report" not in r.data.tags]) == len(singles) + 4  # nothing trained again
+
+    # a later run of unified's config (another `make run`) does not displace the one hybrid was built on
+    train_and_evaluate(load_config(None, list(experiment), "unified_lora"))
+    run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "third")
+    assert len([r for r in runs() if "report" not in r.data.tags]) == len(singles) + 4 + 1

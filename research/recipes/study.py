@@ -102,9 +102,16 @@ def sources_first(entries: list[Entry]) -> list[Entry]:
 
 
 def _finished_run(client, experiment: str, cfg, key: str):
-    """A finished run of this config and lineage (not a sweep trial or seeds parent), or None."""
+    """The first finished run of this config and lineage (not a sweep trial or seeds parent), or
+    None. The first: a later run of the same config (a seeds child, another `make run`) must not
+    change which one is reused, or the runs built on it would no longer match and train again."""
     lineage = run_tags(cfg)
-    found = iter_runs(client, experiment, f"tags.config = '{key}' and attributes.status = 'FINISHED'")
+    found = iter_runs(
+        client,
+        experiment,
+        f"tags.config = '{key}' and attributes.status = 'FINISHED'",
+        order_by=("attributes.start_time ASC",),
+    )
     for run in found:
         tags = run.data.tags
         if "trial" not in tags and "aggregate" not in tags and all(tags.get(k) == lineage[k] for k in LINEAGE):

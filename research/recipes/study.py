@@ -128,6 +128,11 @@ def _seeds_parent(client, experiment: str, children: list[str]):
     return next(iter(runs), None)
 
 
+def holds_out(method: str) -> bool:
+    """Whether the method's default config holds personas out of training (other splits)."""
+    return bool(getattr(load_config(None, [], method).method_args, "held_out", 0))
+
+
 def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> list[str]:
     """`entry`'s overrides, its source fields naming the study's runs of the same seed."""
     overrides = list(entry.overrides)
@@ -137,7 +142,11 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
             runs = [
                 run_id
                 for (name, s), run_id in done.items()
-                if s == seed and name in METHODS and name != "unified_lora" and METHODS[name].adapter_kind == "lora"
+                if s == seed
+                and name in METHODS
+                and name != "unified_lora"
+                and METHODS[name].adapter_kind == "lora"
+                and not holds_out(name)  # hyper_lora's runs are made on other splits: no persona to route to
             ]
             overrides.append(f"method_args.{field}={','.join(runs)}")
         else:

@@ -38,6 +38,13 @@ def test_hyper_lora_brings_its_cold_start_comparators_on_the_same_held_out_perso
         _with_sources(entries["retrieval held out"], {("unified_lora", 0): "plain"}, 0)
 
 
+def test_selective_routing_routes_between_the_lora_runs_made_on_the_study_splits():
+    (routing,) = [entry for entry in study_entries(["selective_routing"]) if entry.name == "selective_routing"]
+    done = {("unified_lora", 0): "u", ("per_persona_lora", 0): "p", ("cluster_lora", 0): "c", ("hyper_lora", 0): "h"}
+    done[("per_persona_lora", 1)] = "other seed"
+    assert "method_args.candidate_runs=p,c" in _with_sources(routing, done, 0)
+
+
 def test_a_study_trains_each_entry_once_per_seed_and_a_second_call_reuses_them(experiment, tmp_path):
     page = run_study(experiment, ["hybrid_lora"], seeds=2, out=tmp_path / "report")
     tracking = next(o.split("=", 1)[1] for o in experiment if o.startswith("tracking.uri="))

@@ -128,7 +128,7 @@ def _seeds_parent(client, experiment: str, children: list[str]):
     return next(iter(runs), None)
 
 
-def holds_out(method: str) -> bool:
+def _holds_out_by_default(method: str) -> bool:
     """Whether the method's default config holds personas out of training (other splits)."""
     return bool(getattr(load_config(None, [], method).method_args, "held_out", 0))
 
@@ -146,7 +146,9 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
                 and name in METHODS
                 and name != "unified_lora"
                 and METHODS[name].adapter_kind == "lora"
-                and not holds_out(name)  # hyper_lora's runs are made on other splits: no persona to route to
+                and not _holds_out_by_default(
+                    name
+                )  # hyper_lora's runs are made on other splits: no persona to route to
             ]
             overrides.append(f"method_args.{field}={','.join(runs)}")
         else:

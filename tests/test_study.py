@@ -40,8 +40,8 @@ def test_hyper_lora_brings_its_cold_start_comparators_on_the_same_held_out_perso
 
 def test_selective_routing_routes_between_the_lora_runs_made_on_the_study_splits():
     (routing,) = [entry for entry in study_entries(["selective_routing"]) if entry.name == "selective_routing"]
-    done = {("unified_lora", 0): "u", ("per_persona_lora", 0): "p", ("cluster_lora", 0): "c", ("hyper_lora", 0): "h"}
-    done[("per_persona_lora", 1)] = "other seed"
+    done = {("unified_lora", 0): "u", ("per_persona_lora", 0): "p", ("per_persona_lora", 1): "other seed"}
+    done |= {("cluster_lora", 0): "c", ("hyper_lora", 0): "h"}
     assert "method_args.candidate_runs=p,c" in _with_sources(routing, done, 0)
 
 

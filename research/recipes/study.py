@@ -139,6 +139,7 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
     args = load_config(None, overrides, entry.method).method_args
     for field, method in source_fields(type(args), args).items():
         if method == "*":  # every LoRA run of the study (selective routing routes between them)
+            # on the study's splits: hyper_lora's runs hold personas out, which could not be routed
             runs = [
                 run_id
                 for (name, s), run_id in done.items()
@@ -146,9 +147,7 @@ def _with_sources(entry: Entry, done: dict[tuple[str, int], str], seed: int) -> 
                 and name in METHODS
                 and name != "unified_lora"
                 and METHODS[name].adapter_kind == "lora"
-                and not _holds_out_by_default(
-                    name
-                )  # hyper_lora's runs are made on other splits: no persona to route to
+                and not _holds_out_by_default(name)
             ]
             overrides.append(f"method_args.{field}={','.join(runs)}")
         else:

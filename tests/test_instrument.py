@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 import torch
 
+from research.data.domain import DEVICES
 from research.data.schema import load_dataset
 from research.evaluation.metrics import METRICS_VERSION
-from research.models.base import BaseConfig, length_grouped_batches, pretraining_conversations
+from research.models.base import RELABELED, BaseConfig, length_grouped_batches, pretraining_conversations
 from research.recipes.run import ensure_data_and_base, instrument_warnings
 
 ANCHORS = {"true_preferences": {"param_f1": 1.0, "numerical_precision": 1.0}, "metrics_version": METRICS_VERSION}
@@ -81,6 +82,33 @@ def test_pretraining_shows_names_settings_and_only_earlier_exchanges_of_the_same
             assert "Earlier:" not in system  # a speaker's first dialogue has no past
         earlier.append(f"{row['turns'][0]['text']} => {row['turns'][1]['text']}")
         assert told[1:] == plain[1:] == [{"role": t["role"], "content": t["text"]} for t in row["turns"]]
+
+
+def test_relabeled_dialogues_state_and_reply_the_same_permuted_colour_and_genre_and_change_nothing_else(data_root):
+    personas, dialogues = load_dataset(data_root / "neutral")
+    plain = pretraining_conversations(personas, dialogues, BaseConfig(p_resolved=1))
+    relabeled = pretraining_conversations(personas, dialogues, BaseConfig(p_resolved=1, p_relabel=1))
+    names = {value: (device, parameter) for device, parameter in RELABELED for value in DEVICES[device][parameter]}
+    seen = set()
+    for before, after in zip(plain, relabeled, strict=True):
+        assert [m["content"] for m in before if m["role"] == "user"] == [
+            m["content"] for m in after if m["role"] == "user"
+        ]
+        for old, new in zip(before[1:], after[1:], strict=True):
+            old_words, new_words = old["content"].split(), new["content"].split()
+            assert len(old_words) == len(new_words)
+            for a, b in zip(old_words, new_words, strict=True):  # a value becomes another of its domain
+                if a != b:
+                    assert names[a.strip(".,!")] == names[b.strip(".,!")]
+                    seen.add(b.strip(".,!"))
+        # the system turn states exactly the values the relabeled replies make
+        stated = after[0]["content"].split("Settings: ", 1)[1]
+        for device, parameter in RELABELED:
+            for value in DEVICES[device][parameter]:
+                if f"{device} {parameter} {value}" in stated:
+                    assert any(value in m["content"].split() or f"{value}." in m["content"] for m in after[2::2])
+    assert {names[value] for value in seen} == set(RELABELED)  # both parameters were relabeled somewhere
+    assert pretraining_conversations(personas, dialogues, BaseConfig(p_resolved=1, p_relabel=0)) == plain
 
 
 def test_length_grouped_batches_hold_every_sequence_once_in_batches_of_similar_length():

@@ -1,3 +1,4 @@
+import hypothesis
 import polars as pl
 import torch
 from hypothesis import given, settings
@@ -156,6 +157,7 @@ def test_a_context_provider_shapes_training_and_each_eval_prompt_and_keys_the_ca
     batch_size=st.integers(1, 16),
     seed=st.integers(0, 2**16),
 )
+@hypothesis.example(lengths=[1, 1, 1, 2], batch_size=3, seed=390)  # a short last batch: a random order pads less
 def test_length_grouped_batches_are_a_permutation_with_less_padding_and_whole_batches(lengths, batch_size, seed):
     from research.datamodules.persona import LengthGroupedSampler
 
@@ -171,5 +173,8 @@ def test_length_grouped_batches_are_a_permutation_with_less_padding_and_whole_ba
         return sum(max(lengths[i] for i in sequence[k : k + batch_size]) * len(sequence[k : k + batch_size])
                    for k in range(0, len(sequence), batch_size))  # fmt: skip
 
-    assert padded(order) <= padded(shuffled) or len(lengths) > batch_size * LengthGroupedSampler.MEGABATCH
+    # Sorted runs of whole batches pad least; a short last batch (the shortest rows, kept last) can
+    # let a random order pad less (lengths 1, 1, 1, 2 in batches of 3), and so can megabatches
+    if len(lengths) % batch_size == 0 and len(lengths) <= batch_size * LengthGroupedSampler.MEGABATCH:
+        assert padded(order) <= padded(shuffled)
     assert list(LengthGroupedSampler(lengths, batch_size, torch.Generator().manual_seed(seed))) == order
